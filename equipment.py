@@ -1,16 +1,71 @@
 """The shop's inventory: Google Sheets or the embedded CSV behind one small interface,
 the cache shared by every call on the machine, and booking.
 
-CONTRACT (agreed between equipment.py and agent.py; implementation in progress).
-agent.py and the tests rely only on the names below.
+CONTRACT (agreed between equipment.py and agent.py). agent.py and the tests rely only on the
+names in the contract: Unit, Snapshot, BookingRefused, Booking, Inventory, config_errors,
+inventory_from_env. Added: Config, InventoryConfigError, CachedInventory (what inventory_from_env
+returns; it also has ``close(timeout)`` for worker/job shutdown and ``check()`` for preflight),
+SheetStore, CsvStore, mask_phone.
+
+How it works (every call is its own process, so nothing here relies on module-level state):
+- Two stores with the same small sync interface: SheetStore (gspread, one values GET per read,
+  RAW writes) and CsvStore (data/equipment.csv, atomic rewrite under a file lock). Everything
+  else (cache, validation, per-unit serialisation, outbox) sits above them and is shared.
+- The cache is a JSON snapshot in STATE_DIR, replaced atomically, shared by every process.
+  A refresh runs under a non-blocking file lock (single flight per machine) and re-checks
+  freshness after taking it. Callers never wait when a snapshot exists; a stale one triggers
+  a background refresh on a daemon thread. Only a machine that never read the source waits,
+  at most EQUIPMENT_LOAD_TIMEOUT, then gets Snapshot(units=None) = unknown.
+- Bookings take a per-unit file lock, re-read the source, write one RAW request, append one
+  audit row, and patch the shared snapshot. Past the retry budget they go to an append-only,
+  fsynced outbox (STATE_DIR/outbox.jsonl) and the unit is held PENDING until replayed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import csv
+import io
+import json
+import logging
+import math
 import os
+import random
+import re
+import secrets
+import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
-from datetime import date
-from typing import Mapping, Protocol
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, TypeVar
+
+import filelock
+
+logger = logging.getLogger("equipment")
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_CSV = PROJECT_DIR / "data" / "equipment.csv"
+DEFAULT_STATE_DIR = PROJECT_DIR / ".state"
+DEFAULT_API_URL = "https://sheets.googleapis.com"
+DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
+SCOPES = ["https://www.googleapis.com/auth/spreadsheets"]
+
+AVAILABLE, RENTED, MAINTENANCE, PENDING = "AVAILABLE", "RENTED", "MAINTENANCE", "PENDING"
+KNOWN_STATUSES = {AVAILABLE, RENTED, MAINTENANCE}
+
+MAX_NAME = 100
+MAX_NOTE = 500
+MAX_CALL_ID = 100
+REF_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L
+REF_LENGTH = 6
+
+
+# =============================================================================================
+# Contract types
 
 
 @dataclass(frozen=True)
@@ -28,6 +83,15 @@ class Unit:
         return self.status == "AVAILABLE"
 
 
+def _fold(s: str) -> str:
+    return " ".join(s.split()).casefold()
+
+
+def _singular(s: str) -> str:
+    s = _fold(s)
+    return s[:-1] if s.endswith("s") else s
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What a call sees. units is None when the inventory is unknown (never read, and the
@@ -41,10 +105,40 @@ class Snapshot:
     def known(self) -> bool:
         return self.units is not None
 
-    def find(self, equipment_id: str) -> Unit | None: ...
+    def find(self, equipment_id: str) -> Unit | None:
+        if not self.units or not equipment_id:
+            return None
+        want = _fold(equipment_id)
+        for u in self.units:
+            if _fold(u.id) == want:
+                return u
+        return None
+
     def search(self, category: str | None = None, keyword: str | None = None,
-               available_only: bool = True) -> list[Unit]: ...
-    def categories(self) -> list[str]: ...
+               available_only: bool = True) -> list[Unit]:
+        """Units matching a category (case-insensitive, singular or plural, or a part of it) and
+        every word of keyword (in ID, name, category or description). [] when unknown."""
+        out = []
+        for u in self.units or ():
+            if available_only and not u.available:
+                continue
+            if category and category.strip():
+                c, uc = _singular(category), _singular(u.category)
+                if not uc or (c != uc and c not in uc):
+                    continue
+            if keyword and keyword.strip():
+                hay = _fold(" ".join((u.id, u.name, u.category, u.description)))
+                if not all(w in hay for w in _fold(keyword).split()):
+                    continue
+            out.append(u)
+        return out
+
+    def categories(self) -> list[str]:
+        seen: dict[str, str] = {}
+        for u in self.units or ():
+            if u.category.strip():
+                seen.setdefault(_fold(u.category), u.category.strip())
+        return sorted(seen.values(), key=str.casefold)
 
 
 class BookingRefused(Exception):
@@ -86,10 +180,1185 @@ class Inventory(Protocol):
         """Writes kept bookings to the source; returns how many were settled."""
 
 
+class InventoryConfigError(Exception):
+    """The inventory source is misconfigured (bad env, sheet not shared, missing worksheet or
+    column). The message names what is wrong; retrying does not help."""
+
+
+class SourceUnavailable(Exception):
+    """The source did not answer within the retry budget (429/5xx/timeouts/connection errors)."""
+
+
+# =============================================================================================
+# Configuration
+
+
+@dataclass(frozen=True)
+class Config:
+    sheet_id: str | None = None
+    credentials_info: dict[str, Any] | None = field(default=None, repr=False)
+    api_url: str = DEFAULT_API_URL
+    equipment_worksheet: str = "Equipment"
+    bookings_worksheet: str = "Bookings"
+    csv_path: Path = DEFAULT_CSV
+    cache_ttl: float = 30.0
+    load_timeout: float = 3.0
+    http_timeout: tuple[float, float] = (5.0, 10.0)  # (connect, read), per request
+    retry_budget: float = 8.0
+    state_dir: Path = DEFAULT_STATE_DIR
+
+    @property
+    def source(self) -> str:
+        return "sheet" if self.sheet_id else "csv"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Config":
+        cfg, errors = _parse_config(env)
+        if errors:
+            raise InventoryConfigError("; ".join(errors))
+        return cfg
+
+
+def _decode_service_account(text: str, var: str, errors: list[str]) -> dict[str, Any] | None:
+    text = text.strip()
+    info: Any = None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        compact = "".join(text.split())
+        for decoder in (base64.b64decode, base64.urlsafe_b64decode):
+            try:
+                info = json.loads(decoder(compact + "=" * (-len(compact) % 4)).decode("utf-8"))
+                break
+            except (ValueError, binascii.Error, UnicodeDecodeError):
+                continue
+    if not isinstance(info, dict):
+        errors.append(f"{var} is neither service-account JSON nor base64 of it")
+        return None
+    missing = [k for k in ("client_email", "private_key") if not str(info.get(k) or "").strip()]
+    if missing:
+        errors.append(f"{var} has no {' or '.join(missing)} (is it a service-account key file?)")
+        return None
+    info = dict(info)
+    info["private_key"] = str(info["private_key"]).replace("\\n", "\n")
+    info.setdefault("token_uri", DEFAULT_TOKEN_URI)
+    try:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        load_pem_private_key(info["private_key"].encode(), password=None, unsafe_skip_rsa_key_validation=True)
+    except Exception:  # noqa: BLE001 - any failure means the key is unusable
+        errors.append(f"{var}: private_key is not a readable PEM private key")
+        return None
+    return info
+
+
+def _parse_config(env: Mapping[str, str]) -> tuple[Config, list[str]]:
+    errors: list[str] = []
+
+    def get(name: str) -> str:
+        return (env.get(name) or "").strip()
+
+    def seconds(name: str, default: float, allow_zero: bool = False) -> float:
+        raw = get(name)
+        if not raw:
+            return default
+        try:
+            v = float(raw)
+        except ValueError:
+            errors.append(f"{name} must be a number of seconds (got {raw!r})")
+            return default
+        if math.isnan(v) or math.isinf(v) or v < 0 or (v == 0 and not allow_zero):
+            errors.append(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number "
+                          f"of seconds (got {raw!r})")
+            return default
+        return v
+
+    ttl = seconds("EQUIPMENT_CACHE_TTL", 30.0, allow_zero=True)
+    load_timeout = seconds("EQUIPMENT_LOAD_TIMEOUT", 3.0)
+    budget = seconds("BOOKING_RETRY_BUDGET", 8.0, allow_zero=True)
+    http_timeout: tuple[float, float] = (5.0, 10.0)
+    raw = get("SHEETS_HTTP_TIMEOUT")
+    if raw:
+        try:
+            parts = [float(p) for p in raw.split(",")]
+            if len(parts) == 1:
+                parts = [min(parts[0], 5.0), parts[0]]
+            if len(parts) != 2 or any(math.isnan(p) or math.isinf(p) or p <= 0 for p in parts):
+                raise ValueError
+            http_timeout = (parts[0], parts[1])
+        except ValueError:
+            errors.append(f"SHEETS_HTTP_TIMEOUT must be seconds, or 'connect,read' seconds (got {raw!r})")
+
+    api_url = get("GOOGLE_SHEETS_API_URL") or DEFAULT_API_URL
+    if not re.match(r"^https?://[^/\s]+", api_url):
+        errors.append(f"GOOGLE_SHEETS_API_URL must be an http(s) URL (got {api_url!r})")
+    api_url = api_url.rstrip("/")
+
+    sheet_id = get("GOOGLE_SHEET_ID") or None
+    raw_json = get("GOOGLE_SERVICE_ACCOUNT_JSON")
+    cred_path = get("GOOGLE_APPLICATION_CREDENTIALS")
+    info = None
+    if raw_json:
+        info = _decode_service_account(raw_json, "GOOGLE_SERVICE_ACCOUNT_JSON", errors)
+    elif cred_path and sheet_id:
+        try:
+            text = Path(cred_path).expanduser().read_text(encoding="utf-8")
+        except OSError as e:
+            errors.append(f"GOOGLE_APPLICATION_CREDENTIALS: cannot read {cred_path!r} ({e.strerror or e})")
+        else:
+            info = _decode_service_account(text, "GOOGLE_APPLICATION_CREDENTIALS", errors)
+    if sheet_id:
+        if sheet_id.startswith("http"):
+            m = re.search(r"/d/([A-Za-z0-9_-]+)", sheet_id)
+            if m:
+                sheet_id = m.group(1)
+            else:
+                errors.append("GOOGLE_SHEET_ID must be the sheet's ID (the part after /d/ in its URL)")
+        if not raw_json and not cred_path:
+            errors.append("GOOGLE_SHEET_ID is set but there are no credentials: set GOOGLE_SERVICE_ACCOUNT_JSON "
+                          "(the service-account JSON, raw or base64) or GOOGLE_APPLICATION_CREDENTIALS (a file path)")
+    elif raw_json:
+        errors.append("GOOGLE_SERVICE_ACCOUNT_JSON is set but GOOGLE_SHEET_ID is not "
+                      "(without it the embedded CSV inventory is used)")
+
+    equipment_ws = get("EQUIPMENT_WORKSHEET") or "Equipment"
+    bookings_ws = get("BOOKINGS_WORKSHEET") or "Bookings"
+    if equipment_ws == bookings_ws:
+        errors.append("EQUIPMENT_WORKSHEET and BOOKINGS_WORKSHEET must name different worksheets")
+
+    csv_path = Path(get("EQUIPMENT_CSV") or DEFAULT_CSV).expanduser()
+    if not sheet_id and not csv_path.is_file():
+        errors.append(f"EQUIPMENT_CSV: no inventory file at {str(csv_path)!r}")
+
+    state_dir = Path(get("STATE_DIR") or DEFAULT_STATE_DIR).expanduser()
+    if state_dir.exists() and not state_dir.is_dir():
+        errors.append(f"STATE_DIR {str(state_dir)!r} exists and is not a directory")
+
+    cfg = Config(sheet_id=sheet_id, credentials_info=info, api_url=api_url,
+                 equipment_worksheet=equipment_ws, bookings_worksheet=bookings_ws, csv_path=csv_path,
+                 cache_ttl=ttl, load_timeout=load_timeout, http_timeout=http_timeout,
+                 retry_budget=budget, state_dir=state_dir)
+    return cfg, errors
+
+
 def config_errors(env: Mapping[str, str] = os.environ) -> list[str]:
     """Every missing or malformed inventory setting, one message each naming the variable."""
-    ...
+    return _parse_config(env)[1]
 
 
-def inventory_from_env(env: Mapping[str, str] = os.environ) -> Inventory:
-    ...
+# =============================================================================================
+# Small helpers
+
+
+def mask_phone(phone: str) -> str:
+    """+15551234567 -> +1******4567 (for logs)."""
+    digits = re.sub(r"\D", "", phone or "")
+    prefix = "+" if (phone or "").strip().startswith("+") else ""
+    if len(digits) <= 4:
+        return prefix + "*" * len(digits)
+    return prefix + digits[0] + "*" * (len(digits) - 5) + digits[-4:]
+
+
+def _clean_text(s: str, limit: int) -> str:
+    s = re.sub(r"[\x00-\x1f\x7f]", " ", str(s or ""))
+    return " ".join(s.split())[: limit + 1]
+
+
+def neutralise(s: str) -> str:
+    """For CSV outputs: a cell starting with = + - @ is prefixed with ' so a spreadsheet
+    program opening the file shows it as text instead of running it."""
+    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
+
+
+def _key(header: str) -> str:
+    return re.sub(r"[\s_\-]+", "", str(header)).casefold()
+
+
+COLUMNS = {
+    "id": "ID", "name": "Name", "category": "Category", "status": "Status",
+    "dailyrate": "Daily Rate", "weeklyrate": "Weekly Rate", "description": "Description",
+    "rentername": "Renter Name", "renterphone": "Renter Phone", "rentalstart": "Rental Start",
+    "rentalend": "Rental End", "bookingref": "Booking Ref", "bookedat": "Booked At",
+}
+REQUIRED = ("id", "name", "status")
+LOG_HEADER = ["Booking Ref", "Booked At", "Equipment ID", "Equipment Name", "Renter Name", "Renter Phone",
+              "Rental Start", "Rental End", "Call ID", "Kind", "Note"]
+
+
+def _money(s: str) -> float | None:
+    s = re.sub(r"[^\d.\-]", "", s or "")
+    try:
+        return float(s) if s else None
+    except ValueError:
+        return None
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().replace(microsecond=0).isoformat()
+
+
+def _col_letter(i: int) -> str:
+    s, i = "", i + 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        s = chr(65 + r) + s
+    return s
+
+
+def new_ref() -> str:
+    return "".join(secrets.choice(REF_ALPHABET) for _ in range(REF_LENGTH))
+
+
+@dataclass
+class Table:
+    """A worksheet as read: header and data rows padded to the header width. rows[i] is sheet row i+2."""
+
+    header: list[str]
+    rows: list[list[str]]
+    where: str
+
+    def __post_init__(self) -> None:
+        self.cols: dict[str, int] = {}
+        for i, h in enumerate(self.header):
+            k = _key(h)
+            if k and k not in self.cols:
+                self.cols[k] = i
+        width = len(self.header)
+        self.rows = [(list(r) + [""] * (width - len(r)))[:max(width, len(r))] for r in self.rows]
+
+    def check_required(self) -> None:
+        missing = [COLUMNS[k] for k in REQUIRED if k not in self.cols]
+        if missing:
+            found = ", ".join(repr(h) for h in self.header if h.strip()) or "no header row"
+            raise InventoryConfigError(
+                f"{self.where} has no {', '.join(repr(m) for m in missing)} column"
+                f"{'s' if len(missing) > 1 else ''} (found: {found})")
+
+    def get(self, row: list[str], key: str) -> str:
+        i = self.cols.get(key)
+        return str(row[i]).strip() if i is not None and i < len(row) else ""
+
+    def find(self, equipment_id: str) -> tuple[int, list[str]] | None:
+        want = _fold(equipment_id)
+        for i, r in enumerate(self.rows):
+            if _fold(self.get(r, "id")) == want and want:
+                return i, r
+        return None
+
+    def unit(self, row: list[str]) -> Unit:
+        return Unit(id=self.get(row, "id"), name=self.get(row, "name"),
+                    status=self.get(row, "status").upper(), category=self.get(row, "category"),
+                    daily_rate=_money(self.get(row, "dailyrate")),
+                    weekly_rate=_money(self.get(row, "weeklyrate")),
+                    description=self.get(row, "description"))
+
+    def units(self, log_unknown: bool = False) -> list[Unit]:
+        self.check_required()
+        out = []
+        for i, r in enumerate(self.rows):
+            if not any(str(c).strip() for c in r):
+                continue  # blank row
+            u = self.unit(r)
+            if not u.id:
+                if log_unknown:
+                    logger.warning("Equipment row %d has no ID - skipped", i + 2)
+                continue
+            if log_unknown and u.status not in KNOWN_STATUSES:
+                logger.warning("Equipment row %d (ID %s): unknown status %r - treated as not available",
+                               i + 2, u.id, u.status)
+            out.append(u)
+        return out
+
+
+# =============================================================================================
+# Stores: the same small sync interface over the sheet and the CSV (always called off the loop)
+
+
+class Store(Protocol):
+    source: str  # "sheet" or "csv"
+    origin: str  # identity of the data, so a snapshot of another source is never served
+
+    def read_table(self) -> Table: ...
+    def write_unit(self, row_index: int, equipment_id: str, fields: dict[str, str], table: Table) -> None: ...
+    def log_refs(self) -> set[str]: ...
+    def append_log(self, row: list[str]) -> None: ...
+    def prepare_text(self, s: str) -> str: ...
+
+
+class SheetStore:
+    """Google Sheets through gspread's plain HTTPClient (no BackOffHTTPClient: retries are ours,
+    bounded). One values GET per read; unit writes are one RAW values:batchUpdate; audit rows
+    are one RAW values:append with INSERT_ROWS."""
+
+    source = "sheet"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.origin = f"sheet:{cfg.sheet_id}:{cfg.equipment_worksheet}"
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def prepare_text(self, s: str) -> str:
+        return s  # written RAW: stored as text, never a formula
+
+    def http(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build_client()
+            return self._client.http_client
+
+    def _build_client(self) -> Any:
+        import gspread
+        from google.auth.transport.requests import AuthorizedSession
+        creds = _service_account_credentials(self.cfg.credentials_info or {})
+        if self.cfg.api_url != DEFAULT_API_URL:
+            # google-auth 2.62 looks up a "regional access boundary" at iamcredentials.googleapis.com
+            # on a background thread after each token refresh; with a proxy or a stand-in, nothing
+            # but the configured API URL and the JSON's token_uri should be contacted.
+            try:
+                creds._is_regional_access_boundary_lookup_required = lambda: False  # type: ignore[method-assign]
+            except AttributeError:  # pragma: no cover - other google-auth versions
+                pass
+        session = AuthorizedSession(creds)
+        if self.cfg.api_url != DEFAULT_API_URL:
+            session.mount(DEFAULT_API_URL, _RewriteAdapter(DEFAULT_API_URL, self.cfg.api_url))
+            # nothing else may leave through this session (it only ever talks to Sheets)
+            session.mount("https://", _RefuseAdapter())
+            session.mount("http://", _RefuseAdapter())
+        client = gspread.Client(None, session=session, http_client=_BudgetedHTTPClient)
+        client.set_timeout(self.cfg.http_timeout)
+        return client
+
+    def _ws(self, title: str) -> str:
+        return "'" + title.replace("'", "''") + "'"
+
+    def _translate(self, e: Exception, worksheet: str) -> Exception:
+        import gspread
+
+        if isinstance(e, gspread.exceptions.APIError):
+            status = e.response.status_code
+            msg = str(e.error.get("message", "")) if isinstance(e.error, Mapping) else ""
+            email = (self.cfg.credentials_info or {}).get("client_email", "the service account")
+            if status == 403:
+                return InventoryConfigError(
+                    f"Google Sheet {self.cfg.sheet_id!r} is not shared with {email} (HTTP 403: {msg}); "
+                    f"share it with that address as Editor")
+            if status == 404:
+                return InventoryConfigError(f"Google Sheet {self.cfg.sheet_id!r} was not found (GOOGLE_SHEET_ID)")
+            if status == 401:
+                return InventoryConfigError(f"Google rejected the service-account credentials (HTTP 401: {msg})")
+            if status == 400 and "parse range" in msg:
+                var = "EQUIPMENT_WORKSHEET" if worksheet == self.cfg.equipment_worksheet else "BOOKINGS_WORKSHEET"
+                return InventoryConfigError(
+                    f"Google Sheet {self.cfg.sheet_id!r} has no worksheet named {worksheet!r} ({var})")
+        try:
+            from google.auth.exceptions import RefreshError
+
+            if isinstance(e, RefreshError) and not getattr(e, "retryable", False):
+                return InventoryConfigError(f"the service-account token request was refused: {e}")
+        except ImportError:  # pragma: no cover
+            pass
+        return e
+
+    def read_table(self) -> Table:
+        ws = self.cfg.equipment_worksheet
+        try:
+            data = self.http().values_get(self.cfg.sheet_id, self._ws(ws))
+        except Exception as e:
+            raise self._translate(e, ws) from e
+        values = data.get("values") or []
+        header = [str(h) for h in values[0]] if values else []
+        return Table(header, [[str(c) for c in r] for r in values[1:]], f"worksheet {ws!r}")
+
+    def write_unit(self, row_index: int, equipment_id: str, fields: dict[str, str], table: Table) -> None:
+        ws = self.cfg.equipment_worksheet
+        rownum = row_index + 2
+        data = [{"range": f"{self._ws(ws)}!{_col_letter(table.cols[k])}{rownum}", "values": [[v]]}
+                for k, v in fields.items() if k in table.cols]
+        try:
+            self.http().values_batch_update(self.cfg.sheet_id, {"valueInputOption": "RAW", "data": data})
+        except Exception as e:
+            raise self._translate(e, ws) from e
+
+    def log_refs(self) -> set[str]:
+        import gspread
+
+        ws = self.cfg.bookings_worksheet
+        try:
+            data = self.http().values_get(self.cfg.sheet_id, self._ws(ws))
+        except gspread.exceptions.APIError as e:
+            if e.response.status_code == 400:
+                return set()  # no Bookings worksheet yet
+            raise self._translate(e, ws) from e
+        values = data.get("values") or []
+        if not values:
+            return set()
+        col = next((i for i, h in enumerate(values[0]) if _key(h) == "bookingref"), 0)
+        return {str(r[col]).strip() for r in values[1:] if len(r) > col and str(r[col]).strip()}
+
+    def append_log(self, row: list[str]) -> None:
+        import gspread
+
+        ws = self.cfg.bookings_worksheet
+        params = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
+        http = self.http()
+        try:
+            http.values_append(self.cfg.sheet_id, f"{self._ws(ws)}!A1", params, {"values": [row]})
+            return
+        except gspread.exceptions.APIError as e:
+            if e.response.status_code != 400:
+                raise self._translate(e, ws) from e
+        # the Bookings worksheet is missing: create it (another process may just have), header + row
+        try:
+            http.batch_update(self.cfg.sheet_id, {"requests": [{"addSheet": {"properties": {
+                "title": ws, "gridProperties": {"rowCount": 1000, "columnCount": len(LOG_HEADER)}}}}]})
+            rows = [LOG_HEADER, row]
+        except gspread.exceptions.APIError as e:
+            if e.response.status_code != 400:  # 400 = exists already
+                raise self._translate(e, ws) from e
+            rows = [row]
+        try:
+            http.values_append(self.cfg.sheet_id, f"{self._ws(ws)}!A1", params, {"values": rows})
+        except Exception as e:
+            raise self._translate(e, ws) from e
+
+
+def _service_account_credentials(info: Mapping[str, Any]) -> Any:
+    """Credentials.from_service_account_info(info, scopes=SCOPES), minus its RSA key validation:
+    that check holds the GIL for ~40 ms, which would stall the call's event loop while a
+    background refresh starts. The key is our own configuration, already parsed by config_errors."""
+    from google.auth import crypt
+    from google.oauth2.service_account import Credentials
+
+    try:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        key = load_pem_private_key(str(info["private_key"]).encode(), password=None,
+                                   unsafe_skip_rsa_key_validation=True)
+        signer = crypt.RSASigner(key, key_id=info.get("private_key_id"))
+        return Credentials(signer, info["client_email"], info.get("token_uri") or DEFAULT_TOKEN_URI,
+                           scopes=SCOPES, project_id=info.get("project_id"),
+                           universe_domain=info.get("universe_domain") or "googleapis.com")
+    except Exception:  # noqa: BLE001 - the documented constructor, slower but always right
+        return Credentials.from_service_account_info(dict(info), scopes=SCOPES)
+
+
+class CsvStore:
+    """The embedded default: a CSV file with the sheet's columns. Bookings rewrite it atomically
+    (temp file + os.replace) under a file lock; the audit trail is STATE_DIR/bookings.csv."""
+
+    source = "csv"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.path = Path(cfg.csv_path).resolve()
+        self.origin = f"csv:{self.path}"
+        self.log_path = Path(cfg.state_dir) / "bookings.csv"
+        self._lock_path = Path(cfg.state_dir) / "locks" / "csv.lock"
+
+    def prepare_text(self, s: str) -> str:
+        return neutralise(s)
+
+    def _read_rows(self) -> list[list[str]]:
+        with open(self.path, newline="", encoding="utf-8-sig") as f:
+            return [list(r) for r in csv.reader(f)]
+
+    def read_table(self) -> Table:
+        try:
+            rows = self._read_rows()
+        except OSError as e:
+            raise InventoryConfigError(f"EQUIPMENT_CSV: cannot read {str(self.path)!r} ({e.strerror or e})") from e
+        header = rows[0] if rows else []
+        return Table(header, rows[1:], f"inventory file {self.path.name!r}")
+
+    def write_unit(self, row_index: int, equipment_id: str, fields: dict[str, str], table: Table) -> None:
+        with filelock.FileLock(str(self._lock_path), timeout=10):
+            fresh = self.read_table()
+            found = fresh.find(equipment_id)  # by ID: the file may have changed since it was read
+            if found is None:
+                raise InventoryConfigError(f"unit {equipment_id!r} disappeared from {self.path.name}")
+            _, row = found
+            for k, v in fields.items():
+                if k in fresh.cols:
+                    row[fresh.cols[k]] = v
+            _atomic_write(self.path, _csv_text([fresh.header] + fresh.rows))
+
+    def log_refs(self) -> set[str]:
+        try:
+            with open(self.log_path, newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+        except FileNotFoundError:
+            return set()
+        return {r[0].strip() for r in rows[1:] if r and r[0].strip()}
+
+    def append_log(self, row: list[str]) -> None:
+        with filelock.FileLock(str(self._lock_path), timeout=10):
+            new = not self.log_path.exists() or self.log_path.stat().st_size == 0
+            text = _csv_text(([LOG_HEADER] if new else []) + [row])
+            _append_durable(self.log_path, text)
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _append_durable(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP plumbing for the sheet
+
+_budget = threading.local()
+
+
+try:
+    import gspread as _gspread
+    import requests as _requests
+
+    class _BudgetedHTTPClient(_gspread.HTTPClient):  # type: ignore[misc]
+        """gspread's plain HTTPClient whose per-request timeout never outlasts the caller's
+        retry budget (the deadline is thread-local, set by _with_retries)."""
+
+        @property  # type: ignore[override]
+        def timeout(self) -> Any:
+            base = getattr(self, "_base_timeout", None)
+            deadline = getattr(_budget, "deadline", None)
+            if base is None or deadline is None:
+                return base
+            left = max(0.2, deadline - time.monotonic())
+            c, r = base if isinstance(base, tuple) else (base, base)
+            return (min(c, left), min(r, left))
+
+        @timeout.setter
+        def timeout(self, value: Any) -> None:
+            self._base_timeout = value
+
+    class _RewriteAdapter(_requests.adapters.HTTPAdapter):
+        """Sends https://sheets.googleapis.com/... to GOOGLE_SHEETS_API_URL (a proxy or a stand-in)."""
+
+        def __init__(self, prefix: str, target: str):
+            super().__init__()
+            self.prefix, self.target = prefix, target.rstrip("/")
+
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            if request.url.startswith(self.prefix):
+                request.url = self.target + request.url[len(self.prefix):]
+            return super().send(request, **kwargs)
+
+    class _RefuseAdapter(_requests.adapters.BaseAdapter):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            raise _requests.exceptions.InvalidURL(
+                f"equipment: refusing to send {request.method} {request.url} (only Sheets API calls go out)")
+
+        def close(self) -> None:
+            pass
+except ImportError:  # pragma: no cover - gspread is pinned in requirements.txt
+    pass
+
+
+_RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+
+
+def _retryable(e: BaseException) -> bool:
+    try:
+        import gspread
+        import requests
+        from google.auth.exceptions import TransportError, RefreshError
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(e, gspread.exceptions.APIError):
+        return e.response.status_code in _RETRY_STATUSES
+    if isinstance(e, (requests.exceptions.Timeout, requests.exceptions.ConnectionError, TransportError)):
+        return True
+    if isinstance(e, RefreshError):
+        return bool(getattr(e, "retryable", False))
+    return isinstance(e, (TimeoutError, ConnectionError))
+
+
+T = TypeVar("T")
+
+
+def _with_retries(fn: Callable[[], T], deadline: float, what: str) -> T:
+    """Calls fn until it succeeds, a non-retryable error, or the deadline (monotonic) passes:
+    then SourceUnavailable. Backoff 0.25 s doubling to 2 s, with jitter. Blocking: call off the loop."""
+    delay = 0.25
+    attempt = 0
+    while True:
+        attempt += 1
+        _budget.deadline = deadline
+        try:
+            return fn()
+        except Exception as e:
+            if not _retryable(e):
+                raise
+            pause = delay * (0.5 + random.random())
+            if time.monotonic() + pause >= deadline:
+                raise SourceUnavailable(f"{what}: no answer after {attempt} attempt(s): {_describe(e)}") from e
+            logger.info("Sheets %s failed (%s) - retrying in %.2fs", what, _describe(e), pause)
+            time.sleep(pause)
+            delay = min(delay * 2, 2.0)
+        finally:
+            _budget.deadline = None
+
+
+def _describe(e: BaseException) -> str:
+    resp = getattr(e, "response", None)
+    code = getattr(resp, "status_code", None)
+    if code is not None:
+        return f"HTTP {code}"
+    return type(e).__name__
+
+
+# =============================================================================================
+# The cache, booking and outbox, shared by both stores
+
+
+SNAPSHOT_FILE = "equipment-snapshot.json"
+OUTBOX_FILE = "outbox.jsonl"
+
+
+class CachedInventory:
+    """The Inventory implementation (see the module docstring)."""
+
+    def __init__(self, cfg: Config, store: Store):
+        self.cfg = cfg
+        self.store = store
+        self.state_dir = Path(cfg.state_dir)
+        (self.state_dir / "locks").mkdir(parents=True, exist_ok=True)
+        self.snapshot_path = self.state_dir / SNAPSHOT_FILE
+        self.outbox_path = self.state_dir / OUTBOX_FILE
+        self._refresh_future: asyncio.Future | None = None
+        self._background: set[asyncio.Future] = set()
+
+    @property
+    def source(self) -> str:
+        return self.store.source
+
+    def _lock(self, name: str, timeout: float = -1) -> filelock.FileLock:
+        return filelock.FileLock(str(self.state_dir / "locks" / f"{name}.lock"), timeout=timeout)
+
+    def _unit_lock(self, equipment_id: str, timeout: float) -> filelock.FileLock:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", _fold(equipment_id))[:80] or "_"
+        return self._lock(f"unit-{safe}", timeout)
+
+    # -- running things off the event loop --------------------------------------------------------
+    def _off_loop(self, fn: Callable[..., T], *args: Any, name: str = "equipment") -> "asyncio.Future[T]":
+        """Runs fn on a daemon thread (never blocks the loop, and never keeps a finished call's
+        process alive the way the default executor's joined threads would). Each request inside
+        is bounded by the HTTP timeout and the retry budget."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def settle(result: Any, exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+        def runner() -> None:
+            result, exc = None, None
+            try:
+                result = fn(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+                exc = e
+            try:
+                loop.call_soon_threadsafe(settle, result, exc)
+            except RuntimeError:
+                pass  # the loop is gone (call ended); the work itself is done
+
+        threading.Thread(target=runner, name=name, daemon=True).start()
+        return fut
+
+    def _track(self, fut: asyncio.Future) -> asyncio.Future:
+        self._background.add(fut)
+
+        def done(f: asyncio.Future) -> None:
+            self._background.discard(f)
+            if not f.cancelled() and f.exception() is not None:
+                pass  # logged by the refresh itself
+
+        fut.add_done_callback(done)
+        return fut
+
+    # -- snapshot file ----------------------------------------------------------------------------
+    def _read_snapshot_file(self) -> dict[str, Any] | None:
+        try:
+            with open(self.snapshot_path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            logger.warning("Equipment snapshot %s unreadable (%s) - ignoring it", self.snapshot_path, e)
+            return None
+        if not isinstance(data, dict) or data.get("origin") != self.store.origin:
+            return None
+        return data
+
+    @staticmethod
+    def _units_of(data: Mapping[str, Any]) -> tuple[Unit, ...]:
+        return tuple(Unit(**u) for u in data.get("units") or [])
+
+    def _apply_holds(self, units: list[dict[str, Any]], overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
+        pending = self._outbox_pending_units()
+        out = []
+        for u in units:
+            u = dict(u)
+            k = _fold(u["id"])
+            if k in overrides:
+                u["status"] = overrides[k]["status"]
+            if k in pending:
+                u["status"] = PENDING
+            out.append(u)
+        return out
+
+    def _write_snapshot(self, units: list[Unit], read_started: float, read_at: float) -> None:
+        with self._lock("snapshot", timeout=10):
+            old = self._read_snapshot_file() or {}
+            # keep patches made while this read was in flight: the read may not have seen them
+            overrides = {k: v for k, v in (old.get("overrides") or {}).items()
+                         if float(v.get("at", 0)) >= read_started - 1.0}
+            data = {
+                "version": 1, "origin": self.store.origin, "source": self.store.source,
+                "read_at": read_at, "overrides": overrides,
+                "units": self._apply_holds([u.__dict__ for u in units], overrides),
+            }
+            _atomic_write(self.snapshot_path, json.dumps(data))
+
+    def _patch_snapshot(self, changes: Mapping[str, str]) -> None:
+        """Records new statuses (id -> status) in the shared snapshot so every process sees them
+        on its next read, and so a refresh that was already in flight does not undo them."""
+        with self._lock("snapshot", timeout=10):
+            data = self._read_snapshot_file()
+            if data is None:
+                return  # nothing cached: the next load reads the source (and the outbox holds)
+            overrides = dict(data.get("overrides") or {})
+            now = time.time()
+            for eid, status in changes.items():
+                overrides[_fold(eid)] = {"status": status, "at": now}
+            data["overrides"] = overrides
+            data["units"] = self._apply_holds(data.get("units") or [], overrides)
+            _atomic_write(self.snapshot_path, json.dumps(data))
+
+    # -- refresh ---------------------------------------------------------------------------------
+    def _refresh_sync(self, force: bool = False) -> str:
+        """Single flight per machine. Returns "busy" (another process is refreshing), "fresh"
+        (someone refreshed meanwhile) or "loaded". Raises InventoryConfigError / SourceUnavailable."""
+        lock = self._lock("refresh")
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            return "busy"
+        try:
+            if not force:
+                data = self._read_snapshot_file()
+                if data and time.time() - float(data["read_at"]) < self.cfg.cache_ttl:
+                    return "fresh"
+            started = time.time()
+            deadline = time.monotonic() + max(self.cfg.retry_budget, 0.5)
+            table = _with_retries(self.store.read_table, deadline, "read")
+            units = table.units(log_unknown=True)
+            self._write_snapshot(units, started, time.time())
+            logger.info("Equipment loaded successfully: %d items", len(units))
+            if self._outbox_pending():
+                try:
+                    self._replay_sync()
+                except Exception as e:  # noqa: BLE001 - the refresh itself succeeded
+                    logger.warning("Outbox replay after refresh failed: %s", e)
+            return "loaded"
+        finally:
+            lock.release()
+
+    def _start_refresh(self) -> asyncio.Future:
+        if self._refresh_future is not None and not self._refresh_future.done():
+            return self._refresh_future
+        fut = self._track(self._off_loop(self._refresh_sync, name="equipment-refresh"))
+
+        def report(f: asyncio.Future) -> None:
+            if f.cancelled():
+                return
+            e = f.exception()
+            if e is None:
+                return
+            data = self._read_snapshot_file()
+            if isinstance(e, InventoryConfigError):
+                logger.error("Equipment refresh failed: %s", e)
+            if data:
+                logger.warning("Equipment loading timed out - still serving the last good snapshot "
+                               "(age: %.1fs): %s", time.time() - float(data["read_at"]), e)
+
+        fut.add_done_callback(report)
+        self._refresh_future = fut
+        return fut
+
+    async def snapshot(self) -> Snapshot:
+        data = self._read_snapshot_file()  # a small local file: no network, no lock
+        if data is not None:
+            age = max(0.0, time.time() - float(data["read_at"]))
+            logger.info("Using cached equipment data (age: %.1fs)", age)
+            if age >= self.cfg.cache_ttl:
+                logger.info("Cache expired or empty - reloading equipment")
+                self._start_refresh()  # stale-while-revalidate: never awaited here
+            return Snapshot(self._units_of(data), age, self.store.source)
+
+        logger.info("Cache expired or empty - reloading equipment")
+        deadline = time.monotonic() + self.cfg.load_timeout
+        fut = self._start_refresh()
+        started = time.monotonic()
+        failure: BaseException | None = None
+        while True:
+            data = self._read_snapshot_file()
+            if data is not None:
+                age = max(0.0, time.time() - float(data["read_at"]))
+                return Snapshot(self._units_of(data), age, self.store.source)
+            if fut.done() and not fut.cancelled():
+                failure = fut.exception()
+                if failure is not None:
+                    break
+                # "busy": another process holds the refresh lock; poll its file, and take over
+                # if that process dies (flock is released with it)
+                if fut.result() == "busy" and time.monotonic() - started > 0.25:
+                    fut, started = self._start_refresh(), time.monotonic()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if fut.done():
+                await asyncio.sleep(min(0.05, left))
+            else:
+                await asyncio.wait({fut}, timeout=min(0.05, left))
+        why = f"the source failed: {failure}" if failure else f"no answer within {self.cfg.load_timeout:.1f}s"
+        logger.warning("Equipment loading timed out - no equipment data on this machine yet, continuing with "
+                       "inventory unknown (age: n/a; %s)", why)
+        return Snapshot(None, None, self.store.source)
+
+    async def check(self) -> int:
+        """Preflight: reads the source directly (no cache), raises InventoryConfigError naming
+        what is wrong, or SourceUnavailable; returns the number of units."""
+        def run() -> int:
+            deadline = time.monotonic() + max(self.cfg.retry_budget, 0.5)
+            return len(_with_retries(self.store.read_table, deadline, "read").units())
+        return await self._off_loop(run, name="equipment-check")
+
+    # -- outbox ----------------------------------------------------------------------------------
+    def _outbox_entries(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.outbox_path, encoding="utf-8") as f:
+                lines = f.readlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                logger.warning("Outbox: skipping a damaged line")
+        return out
+
+    def _outbox_pending(self) -> list[dict[str, Any]]:
+        entries = self._outbox_entries()
+        settled = {e.get("ref") for e in entries if e.get("op") == "settled"}
+        return [e for e in entries if e.get("op") != "settled" and e.get("ref") not in settled]
+
+    def _outbox_pending_units(self) -> set[str]:
+        return {_fold(e["equipment_id"]) for e in self._outbox_pending() if e.get("op") == "book"}
+
+    def _outbox_append(self, entry: dict[str, Any]) -> None:
+        with self._lock("outbox", timeout=10):
+            _append_durable(self.outbox_path, json.dumps(entry, ensure_ascii=False) + "\n")
+
+    # -- booking ---------------------------------------------------------------------------------
+    @staticmethod
+    def _validate_name(renter_name: str) -> str:
+        name = _clean_text(renter_name, MAX_NAME)
+        if not name:
+            raise BookingRefused("bad_name", "I need a name to put the booking under.")
+        if len(name) > MAX_NAME:
+            raise BookingRefused("bad_name", f"That name is too long for a booking; please give a name of at "
+                                             f"most {MAX_NAME} characters.")
+        return name
+
+    @staticmethod
+    def _validate_phone(renter_phone: str) -> str:
+        phone = " ".join(str(renter_phone or "").split())
+        digits = re.sub(r"\D", "", phone)
+        if not re.fullmatch(r"\+?[\d\s\-().]+", phone) or not 7 <= len(digits) <= 15:
+            raise BookingRefused("bad_phone", "That doesn't sound like a phone number; could you give me the "
+                                              "number with the area code?")
+        return phone
+
+    @staticmethod
+    def _alternatives(units: tuple[Unit, ...] | list[Unit], unit: Unit | None, exclude: str) -> tuple[Unit, ...]:
+        if unit is None:
+            return ()
+        same = [u for u in units if u.available and _fold(u.id) != _fold(exclude)
+                and _fold(u.category) == _fold(unit.category)]
+        same.sort(key=lambda u: (_fold(u.name) != _fold(unit.name), u.daily_rate or 0.0, u.id))
+        return tuple(same[:5])
+
+    async def book(self, equipment_id: str, renter_name: str, renter_phone: str,
+                   start: str, end: str, call_id: str = "", *, today: date | None = None) -> Booking:
+        today = today or date.today()
+        name = self._validate_name(renter_name)
+        phone = self._validate_phone(renter_phone)
+        try:
+            d_start = date.fromisoformat(str(start).strip())
+            d_end = date.fromisoformat(str(end).strip())
+        except ValueError:
+            raise BookingRefused("bad_date", "I didn't get the dates; which day would you like to start and "
+                                             "which day will you return it?") from None
+        if d_start < today:
+            raise BookingRefused("past_date", f"That start date is in the past; today is {today.isoformat()}.")
+        if d_end < d_start:
+            raise BookingRefused("end_before_start", "The return date is before the start date.")
+
+        snap = await self.snapshot()
+        unit = snap.find(equipment_id)
+        if snap.known:
+            if unit is None:
+                raise BookingRefused("unknown_id", f"I can't find equipment {equipment_id!r} in our inventory.")
+            if not unit.available:
+                what = "booked by someone else" if unit.status in (RENTED, PENDING) else \
+                    "in maintenance" if unit.status == MAINTENANCE else "not available"
+                raise BookingRefused("not_available", f"The {unit.name} ({unit.id}) is {what} right now.",
+                                     self._alternatives(snap.units or (), unit, unit.id))
+        call_id = _clean_text(call_id, MAX_CALL_ID)[:MAX_CALL_ID]
+        return await self._off_loop(self._book_sync, unit, equipment_id, name, phone, d_start, d_end, call_id,
+                                    snap, name="equipment-book")
+
+    def _book_sync(self, unit: Unit | None, equipment_id: str, name: str, phone: str, d_start: date,
+                   d_end: date, call_id: str, snap: Snapshot) -> Booking:
+        ref = new_ref()
+        budget = max(self.cfg.retry_budget, 0.5)
+        wait = budget + self.cfg.http_timeout[1] + 2.0
+        lock = self._unit_lock(equipment_id, timeout=wait)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise BookingRefused("just_taken", "Another caller is booking that unit at this moment.",
+                                 self._alternatives(snap.units or (), unit, equipment_id)) from None
+        try:
+            if _fold(equipment_id) in self._outbox_pending_units():
+                raise BookingRefused("just_taken", "That unit was just taken by another caller.",
+                                     self._alternatives(snap.units or (), unit, equipment_id))
+            deadline = time.monotonic() + budget
+            try:
+                table = _with_retries(self.store.read_table, deadline, "read")
+                table.check_required()
+            except SourceUnavailable as e:
+                if unit is None:
+                    raise BookingRefused("inventory_unknown", "I can't check the inventory right now, so I "
+                                                              "can't book it; staff can call you back.") from e
+                return self._to_outbox(ref, unit, name, phone, d_start, d_end, call_id, e)
+            found = table.find(equipment_id)
+            if found is None:
+                raise BookingRefused("unknown_id", f"I can't find equipment {equipment_id!r} in our inventory.")
+            row_index, row = found
+            fresh = table.unit(row)
+            if not fresh.available:
+                self._patch_snapshot({fresh.id: fresh.status})
+                raise BookingRefused("just_taken", f"Sorry, the {fresh.name} ({fresh.id}) was just taken.",
+                                     self._alternatives(table.units(), fresh, fresh.id))
+            booked_at = _now_iso()
+            text_name = self.store.prepare_text(name)
+            fields = {"status": RENTED, "rentername": text_name, "renterphone": phone,
+                      "rentalstart": d_start.isoformat(), "rentalend": d_end.isoformat(),
+                      "bookingref": ref, "bookedat": booked_at}
+            try:
+                _with_retries(lambda: self.store.write_unit(row_index, fresh.id, fields, table), deadline, "write")
+            except SourceUnavailable as e:
+                return self._to_outbox(ref, fresh, name, phone, d_start, d_end, call_id, e)
+            self._patch_snapshot({fresh.id: RENTED})
+            logger.info("Booked %s (%s) for %s, ref %s", fresh.id, fresh.name, mask_phone(phone), ref)
+        finally:
+            lock.release()
+
+        log_row = [ref, booked_at, fresh.id, fresh.name, text_name, phone, d_start.isoformat(),
+                   d_end.isoformat(), self.store.prepare_text(call_id), "BOOKING", ""]
+        try:
+            self._append_log_once(log_row, ref, time.monotonic() + budget)
+        except (SourceUnavailable, InventoryConfigError) as e:
+            logger.warning("Booking %s written but its Bookings row was not (%s) - kept in the outbox", ref, e)
+            self._outbox_append({"op": "log", "ref": ref, "row": log_row, "at": time.time()})
+        return Booking(ref, fresh.id, fresh.name, name, phone, d_start, d_end, confirmed=True)
+
+    def _append_log_once(self, row: list[str], ref: str, deadline: float) -> None:
+        """values:append is not idempotent: after a failed attempt, look for our ref first."""
+        attempts = [0]
+
+        def once() -> None:
+            if attempts[0] > 0 and ref in self.store.log_refs():
+                return
+            attempts[0] += 1
+            self.store.append_log(row)
+
+        _with_retries(once, deadline, "append")
+
+    def _to_outbox(self, ref: str, unit: Unit, name: str, phone: str, d_start: date, d_end: date,
+                   call_id: str, why: Exception) -> Booking:
+        self._outbox_append({"op": "book", "ref": ref, "equipment_id": unit.id, "equipment_name": unit.name,
+                             "name": name, "phone": phone, "start": d_start.isoformat(), "end": d_end.isoformat(),
+                             "call_id": call_id, "at": time.time(), "booked_at": _now_iso()})
+        self._patch_snapshot({unit.id: PENDING})
+        logger.warning("Sheets unavailable (%s) - booking %s for %s (%s) kept in the outbox; staff will confirm",
+                       why, ref, unit.id, mask_phone(phone))
+        return Booking(ref, unit.id, unit.name, name, phone, d_start, d_end, confirmed=False)
+
+    # -- call-backs ------------------------------------------------------------------------------
+    async def record_callback(self, name: str, phone: str, note: str, call_id: str = "") -> str:
+        name = _clean_text(name, MAX_NAME)[:MAX_NAME]
+        phone = self._validate_phone(phone)
+        note = _clean_text(note, MAX_NOTE)[:MAX_NOTE]
+        call_id = _clean_text(call_id, MAX_CALL_ID)[:MAX_CALL_ID]
+        return await self._off_loop(self._callback_sync, name, phone, note, call_id, name="equipment-callback")
+
+    def _callback_sync(self, name: str, phone: str, note: str, call_id: str) -> str:
+        ref = new_ref()
+        p = self.store.prepare_text
+        row = [ref, _now_iso(), "", "", p(name), phone, "", "", p(call_id), "CALLBACK", p(note)]
+        try:
+            self._append_log_once(row, ref, time.monotonic() + max(self.cfg.retry_budget, 0.5))
+            logger.info("Call-back request %s recorded for %s", ref, mask_phone(phone))
+        except (SourceUnavailable, InventoryConfigError) as e:
+            self._outbox_append({"op": "callback", "ref": ref, "row": row, "at": time.time()})
+            logger.warning("Call-back request %s for %s kept in the outbox (%s)", ref, mask_phone(phone), e)
+        return ref
+
+    # -- replay ----------------------------------------------------------------------------------
+    async def replay_outbox(self) -> int:
+        if not self._outbox_pending():
+            return 0
+        try:
+            return await self._off_loop(self._replay_sync, name="equipment-replay")
+        except (SourceUnavailable, InventoryConfigError) as e:
+            logger.warning("Outbox replay failed, will retry on a later refresh: %s", e)
+            return 0
+
+    def _replay_sync(self) -> int:
+        lock = self._lock("replay")
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            return 0  # another process is replaying
+        try:
+            pending = self._outbox_pending()
+            if not pending:
+                return 0
+            deadline = time.monotonic() + max(self.cfg.retry_budget, 0.5)
+            settled = 0
+            table: Table | None = None
+            refs = _with_retries(self.store.log_refs, deadline, "read")
+            changes: dict[str, str] = {}
+            for e in pending:
+                op, ref = e.get("op"), e.get("ref")
+                if op in ("callback", "log"):
+                    if ref not in refs:
+                        self._append_log_once(e["row"], ref, deadline)
+                        refs.add(ref)
+                    self._outbox_append({"op": "settled", "ref": ref, "result": "written", "at": time.time()})
+                    settled += 1
+                    continue
+                if op != "book":
+                    continue
+                eid = e["equipment_id"]
+                with self._unit_lock(eid, timeout=max(self.cfg.retry_budget, 1.0) + 5):
+                    table = _with_retries(self.store.read_table, deadline, "read")
+                    table.check_required()
+                    found = table.find(eid)
+                    p = self.store.prepare_text
+                    if found is None:
+                        result, now_status = "conflict", "missing"
+                    else:
+                        row_index, row = found
+                        cur = table.unit(row)
+                        now_status = cur.status
+                        ours = table.get(row, "bookingref") == ref or (
+                            cur.status == RENTED and "bookingref" not in table.cols
+                            and table.get(row, "rentername") == p(e["name"])
+                            and table.get(row, "renterphone") == e["phone"])
+                        if ours:
+                            result = "already"
+                        elif cur.available:
+                            fields = {"status": RENTED, "rentername": p(e["name"]), "renterphone": e["phone"],
+                                      "rentalstart": e["start"], "rentalend": e["end"], "bookingref": ref,
+                                      "bookedat": e.get("booked_at", "")}
+                            _with_retries(lambda: self.store.write_unit(row_index, cur.id, fields, table),
+                                          deadline, "write")
+                            result = "written"
+                        else:
+                            result = "conflict"
+                    if result == "conflict":
+                        logger.warning(
+                            "Outbox conflict: booking %s for unit %s (%s) could not be written - the unit is now %s; "
+                            "staff must call the renter back at %s", ref, eid, e.get("equipment_name", ""),
+                            now_status, mask_phone(e["phone"]))
+                        changes[eid] = now_status if now_status != "missing" else MAINTENANCE
+                    else:
+                        changes[eid] = RENTED
+                    if ref not in refs:
+                        kind = "CONFLICT" if result == "conflict" else "BOOKING"
+                        self._append_log_once(
+                            [ref, e.get("booked_at", ""), eid, e.get("equipment_name", ""), p(e["name"]), e["phone"],
+                             e["start"], e["end"], p(e.get("call_id", "")), kind,
+                             "kept offline; unit was taken meanwhile - call the renter" if kind == "CONFLICT"
+                             else "kept offline, written on replay"], ref, deadline)
+                        refs.add(ref)
+                    self._outbox_append({"op": "settled", "ref": ref, "result": result, "at": time.time()})
+                    settled += 1
+                    logger.info("Outbox: booking %s for %s settled (%s)", ref, eid, result)
+            if changes:
+                self._patch_snapshot(changes)
+            return settled
+        finally:
+            lock.release()
+
+    # -- shutdown --------------------------------------------------------------------------------
+    async def close(self, timeout: float = 5.0) -> None:
+        """For job/worker shutdown: waits (bounded) for background refreshes, then replays the
+        outbox if it holds anything. Never raises."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        pending = [f for f in self._background if not f.done()]
+        if pending and timeout > 0:
+            await asyncio.wait(pending, timeout=timeout)
+        left = deadline - time.monotonic()
+        if left > 0 and self._outbox_pending():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._off_loop(self._replay_sync)), left)
+            except Exception as e:  # noqa: BLE001
+                logger.warning("Outbox replay at shutdown did not finish: %s", e)
+
+
+def inventory_from_env(env: Mapping[str, str] = os.environ) -> CachedInventory:
+    """The inventory configured by env: the Google Sheet when GOOGLE_SHEET_ID is set, else the
+    embedded CSV. Raises InventoryConfigError listing config_errors(env). No network."""
+    cfg = Config.from_env(env)
+    store: Store = SheetStore(cfg) if cfg.sheet_id else CsvStore(cfg)
+    return CachedInventory(cfg, store)
