@@ -343,6 +343,9 @@ class _UnavailableInventory:
     async def replay_outbox(self) -> int:
         return 0
 
+    async def close(self, timeout: float = 5.0) -> None:
+        return None
+
 
 class CallControl:
     """Hang-up, transfer and the timers of one call. Tools reach it through the agent."""
@@ -907,8 +910,8 @@ async def entrypoint(ctx: JobContext) -> None:
         control.cancel_all()
         if not first_snapshot.done():
             first_snapshot.cancel()
-        elif not first_snapshot.cancelled() and first_snapshot.exception() is not None:
-            pass  # already logged by the tools, or never needed
+        # bookings kept in the outbox get another chance now; a dead room needs no wait
+        await inventory.close(timeout=3.0 if call.session_started else 0.5)
         logger.info(call.summary(reason))
         logger.info("✅ Ready for next call")
 
@@ -984,8 +987,21 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
-    cli.run_app(server)
+    try:
+        cli.run_app(server)  # exits through SystemExit
+    finally:
+        if command == "start":
+            settle_outbox_at_shutdown()
     return 0
+
+
+def settle_outbox_at_shutdown(timeout: float = 10.0) -> None:
+    """Last chance for bookings kept in the outbox while Sheets was down (railway.json's
+    drainingSeconds leaves room for it). Bounded; never raises."""
+    try:
+        asyncio.run(equipment.inventory_from_env().close(timeout=timeout))
+    except Exception as e:
+        logger.warning(f"⚠️ Outbox not settled at shutdown: {e!r}"[:300])
 
 
 if __name__ == "__main__":

@@ -179,6 +179,9 @@ class Inventory(Protocol):
     async def replay_outbox(self) -> int:
         """Writes kept bookings to the source; returns how many were settled."""
 
+    async def close(self, timeout: float = 5.0) -> None:
+        """At call end and worker shutdown: settles what it can (bounded), never raises."""
+
 
 class InventoryConfigError(Exception):
     """The inventory source is misconfigured (bad env, sheet not shared, missing worksheet or
