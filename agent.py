@@ -983,10 +983,14 @@ def main(argv: list[str]) -> int:
             print(
                 f"Configuration problem, the agent was not started ({command}):\n"
                 + "\n".join(f"  - {e}" for e in errors)
-                + "\nSet these in the environment or in a .env file next to agent.py.",
+                + "\nSet them in the environment, or copy .env.example to .env and fill them in.",
                 file=sys.stderr,
             )
             return 2
+    if command == "dev" and Settings.from_env().agent_name == DEFAULT_AGENT_NAME:
+        print(f"⚠️  dev worker registering as {DEFAULT_AGENT_NAME!r}, the production agent name: in "
+              "the production LiveKit project it takes real callers. Set LIVEKIT_AGENT_NAME to "
+              f"another name (e.g. {DEFAULT_AGENT_NAME}-dev) and dispatch to that.", file=sys.stderr)
     try:
         cli.run_app(server)  # exits through SystemExit
     finally:

@@ -388,3 +388,15 @@ def test_bad_configuration_exits_non_zero_naming_the_variable(
         missing = [name for name in named if name not in out]
         assert not missing, f"output does not name {missing}:\n{tail(out)}"
         assert server.connection_count == 0, "the worker connected before checking its configuration"
+
+
+def test_dev_warns_when_registering_under_the_production_agent_name(tmp_path: Path) -> None:
+    with DispatchServer(api_key=API_KEY, api_secret=API_SECRET) as server:
+        for name, warned in (("", True), ("equipment-rental-dev", False)):
+            env = base_env(tmp_path, LIVEKIT_URL=server.url, LIVEKIT_AGENT_NAME=name)
+            with AgentProcess([str(AGENT_PY), "dev"], env=env, cwd=str(ROOT), python=PYTHON,
+                              log_path=tmp_path / f"dev-{name or 'default'}.log") as proc:
+                reg = server.wait_registered(STARTUP_TIMEOUT)
+                assert reg.agent_name == (name or "equipment-rental")
+                assert ("production agent name" in proc.log()) == warned, tail(proc.log())
+            server.wait_disconnected(10)
