@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import statistics
 import sys
 import time
+import wave
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Callable, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 
 from dotenv import load_dotenv
 from livekit import rtc
@@ -881,14 +884,76 @@ async def identify_caller(ctx: JobContext, call: CallState, agent: RentalAgent) 
             await agent.update_instructions(agent.build_instructions())
 
 
+class GreetingAudio:
+    """The greeting rendered once per machine (a WAV in STATE_DIR) and replayed to every later
+    caller, so they hear it without waiting for a TTS first byte. The file name is a hash of the
+    text and the voice: changing BUSINESS_NAME or TTS_PROVIDER renders a new one."""
+
+    FRAME_MS = 20
+
+    def __init__(self, state_dir: Path, text: str, engine: tts.TTS, voice: str) -> None:
+        self.text = text
+        self.engine = engine
+        key = f"{text}|{voice}|{engine.sample_rate}|{engine.num_channels}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.path = Path(state_dir) / "greetings" / f"{digest}.wav"
+
+    def frames(self) -> list[rtc.AudioFrame] | None:
+        """The cached greeting as 20 ms frames, or None when not rendered yet (or unreadable)."""
+        try:
+            with wave.open(str(self.path), "rb") as w:
+                rate, channels = w.getframerate(), w.getnchannels()
+                pcm = w.readframes(w.getnframes())
+        except (OSError, EOFError, wave.Error):
+            return None
+        step = rate * self.FRAME_MS // 1000 * channels * 2
+        return [
+            rtc.AudioFrame(pcm[i:i + step], rate, channels, len(pcm[i:i + step]) // (2 * channels))
+            for i in range(0, len(pcm), step)
+        ] or None
+
+    async def render(self) -> None:
+        """Synthesises the greeting and stores it atomically (a half-written file never plays)."""
+        pcm = bytearray()
+        rate, channels = self.engine.sample_rate, self.engine.num_channels
+        async with self.engine.synthesize(self.text) as stream:
+            async for ev in stream:
+                rate, channels = ev.frame.sample_rate, ev.frame.num_channels
+                pcm += bytes(ev.frame.data)
+        if not pcm:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        with wave.open(str(tmp), "wb") as w:
+            w.setnchannels(channels)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(bytes(pcm))
+        os.replace(tmp, self.path)
+        logger.info(f"🎙️ Greeting audio rendered for later calls ({len(pcm) / (2 * channels * rate):.1f}s)")
+
+
+async def _replay(frames: list[rtc.AudioFrame]) -> AsyncIterator[rtc.AudioFrame]:
+    for frame in frames:
+        yield frame
+
+
 async def start_call(session: AgentSession, agent: RentalAgent, settings: Settings,
-                     room: rtc.Room | None = None) -> Any:
+                     room: rtc.Room | None = None,
+                     greeting_audio: GreetingAudio | None = None) -> Any:
     """Start the session (bounded by SESSION_START_TIMEOUT) and speak the greeting at once: a
-    static line, no LLM round trip. Returns the greeting's SpeechHandle."""
+    static line, no LLM round trip, and no TTS either once `greeting_audio` has been rendered.
+    Returns the greeting's SpeechHandle."""
     kwargs: dict[str, Any] = {"room": room} if room is not None else {}
     await asyncio.wait_for(session.start(agent=agent, **kwargs), settings.session_start_timeout)
     agent.call.session_started = True
-    return session.say(prompts.greeting(settings.business_name))
+    text = prompts.greeting(settings.business_name)
+    frames = greeting_audio.frames() if greeting_audio is not None else None
+    if frames:
+        return session.say(text, audio=_replay(frames))
+    if greeting_audio is not None:
+        agent.control.spawn(greeting_audio.render(), "render_greeting")
+    return session.say(text)
 
 
 async def entrypoint(ctx: JobContext) -> None:
@@ -934,7 +999,12 @@ async def entrypoint(ctx: JobContext) -> None:
         agent = RentalAgent(settings=settings, inventory=inventory, call=call, control=control,
                             first_snapshot=first_snapshot)
         control.attach(session)
-        await start_call(session, agent, settings, room=ctx.room)
+        greeting_audio = None
+        state_dir = getattr(inventory, "state_dir", None)
+        if control.tts_engine is not None and state_dir is not None:
+            greeting_audio = GreetingAudio(state_dir, prompts.greeting(settings.business_name),
+                                           control.tts_engine, settings.tts_provider)
+        await start_call(session, agent, settings, room=ctx.room, greeting_audio=greeting_audio)
     except Exception as e:
         if isinstance(e, asyncio.TimeoutError):
             why = f"timed out after {settings.session_start_timeout:g}s (SESSION_START_TIMEOUT)"
