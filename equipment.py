@@ -5,7 +5,7 @@ CONTRACT (agreed between equipment.py and agent.py). agent.py and the tests rely
 names in the contract: Unit, Snapshot, BookingRefused, Booking, Inventory, config_errors,
 inventory_from_env. Added: Config, InventoryConfigError, CachedInventory (what inventory_from_env
 returns; it also has ``close(timeout)`` for worker/job shutdown and ``check()`` for preflight),
-SheetStore, CsvStore, mask_phone.
+SheetStore, CsvStore, mask_phone, BookingNotRecorded.
 
 How it works (every call is its own process, so nothing here relies on module-level state):
 - Two stores with the same small sync interface: SheetStore (gspread, one values GET per read,
@@ -16,9 +16,11 @@ How it works (every call is its own process, so nothing here relies on module-le
   freshness after taking it. Callers never wait when a snapshot exists; a stale one triggers
   a background refresh on a daemon thread. Only a machine that never read the source waits,
   at most EQUIPMENT_LOAD_TIMEOUT, then gets Snapshot(units=None) = unknown.
-- Bookings take a per-unit file lock, re-read the source, write one RAW request, append one
-  audit row, and patch the shared snapshot. Past the retry budget they go to an append-only,
-  fsynced outbox (STATE_DIR/outbox.jsonl) and the unit is held PENDING until replayed.
+- Bookings take a per-unit file lock, re-read the source, append the booking to an append-only,
+  fsynced outbox (STATE_DIR/outbox.jsonl) BEFORE writing (write-ahead), write one RAW request,
+  append one audit row, patch the shared snapshot and mark the outbox entry settled. Any failure
+  after validation leaves the booking in the outbox (unconfirmed) and the unit held PENDING until
+  replayed; a process that dies mid-booking leaves it there too. Replay is idempotent by ref.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ KNOWN_STATUSES = {AVAILABLE, RENTED, MAINTENANCE}
 MAX_NAME = 100
 MAX_NOTE = 500
 MAX_CALL_ID = 100
+MAX_PHONE = 32  # characters as given, separators included
 REF_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L
 REF_LENGTH = 6
 
@@ -192,6 +195,12 @@ class SourceUnavailable(Exception):
     """The source did not answer within the retry budget (429/5xx/timeouts/connection errors)."""
 
 
+class BookingNotRecorded(Exception):
+    """A booking (or call-back request) could be neither written to the source nor kept in the
+    local outbox (STATE_DIR not writable, disk full): it is stored nowhere. The message gives
+    both reasons. Only raised when the outbox itself fails; every other failure is kept there."""
+
+
 # =============================================================================================
 # Configuration
 
@@ -209,10 +218,6 @@ class Config:
     http_timeout: tuple[float, float] = (5.0, 10.0)  # (connect, read), per request
     retry_budget: float = 8.0
     state_dir: Path = DEFAULT_STATE_DIR
-
-    @property
-    def source(self) -> str:
-        return "sheet" if self.sheet_id else "csv"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Config":
@@ -353,13 +358,26 @@ def config_errors(env: Mapping[str, str] = os.environ) -> list[str]:
 # Small helpers
 
 
-def mask_phone(phone: str) -> str:
-    """+15551234567 -> +1******4567 (for logs)."""
-    digits = re.sub(r"\D", "", phone or "")
-    prefix = "+" if (phone or "").strip().startswith("+") else ""
+def mask_phone(phone: str | None) -> str:
+    """A phone number for logs: +15551234567 -> +1******4567, 5551234567 -> ******4567.
+
+    Only the last 4 digits stay, plus, for a number in international form (leading '+'), its
+    first digit (a country-code hint). Separators are ignored; tel:/sip: prefixes and an @host
+    part are stripped. No digits at all (empty, None, "anonymous") -> "unknown"."""
+    n = str(phone or "").strip()
+    m = re.match(r"(?i)^(?:tel|sips?):", n)
+    if m:
+        n = n[m.end():]
+    n = re.split(r"[@;]", n, maxsplit=1)[0].strip()
+    digits = re.sub(r"\D", "", n)
+    if not digits:
+        return "unknown"
+    if n.startswith("+") and len(digits) >= 7:
+        return "+" + digits[0] + "*" * (len(digits) - 5) + digits[-4:]
+    prefix = "+" if n.startswith("+") else ""
     if len(digits) <= 4:
         return prefix + "*" * len(digits)
-    return prefix + digits[0] + "*" * (len(digits) - 5) + digits[-4:]
+    return prefix + "*" * (len(digits) - 4) + digits[-4:]
 
 
 def _clean_text(s: str, limit: int) -> str:
@@ -369,7 +387,8 @@ def _clean_text(s: str, limit: int) -> str:
 
 def neutralise(s: str) -> str:
     """For CSV outputs: a cell starting with = + - @ is prefixed with ' so a spreadsheet
-    program opening the file shows it as text instead of running it."""
+    program opening the file shows it as text instead of running it (the apostrophe is what
+    spreadsheets themselves use: "+1 555 123 4567" stays readable as "'+1 555 123 4567")."""
     return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
 
 
@@ -522,7 +541,10 @@ class SheetStore:
                 creds._is_regional_access_boundary_lookup_required = lambda: False  # type: ignore[method-assign]
             except AttributeError:  # pragma: no cover - other google-auth versions
                 pass
-        session = AuthorizedSession(creds)
+        # the token request goes through our own transport: no retry adapter, no google-auth
+        # back-off (3 tries with 1 s + 2 s sleeps), the per-request timeout; a failure is one
+        # attempt of our bounded retry (_with_retries)
+        session = AuthorizedSession(creds, auth_request=_TokenRequest(self.cfg.http_timeout))
         if self.cfg.api_url != DEFAULT_API_URL:
             session.mount(DEFAULT_API_URL, _RewriteAdapter(DEFAULT_API_URL, self.cfg.api_url))
             # nothing else may leave through this session (it only ever talks to Sheets)
@@ -611,17 +633,24 @@ class SheetStore:
         except gspread.exceptions.APIError as e:
             if e.response.status_code != 400:
                 raise self._translate(e, ws) from e
-        # the Bookings worksheet is missing: create it (another process may just have), header + row
+        # The Bookings worksheet is missing: create it with its header in one batchUpdate (all or
+        # nothing), so no other writer's row can land above the header. 400 = another process
+        # created it meanwhile (with its header): just append.
+        sheet_id = random.randint(1_000_000, 2_000_000_000)
         try:
-            http.batch_update(self.cfg.sheet_id, {"requests": [{"addSheet": {"properties": {
-                "title": ws, "gridProperties": {"rowCount": 1000, "columnCount": len(LOG_HEADER)}}}}]})
-            rows = [LOG_HEADER, row]
+            http.batch_update(self.cfg.sheet_id, {"requests": [
+                {"addSheet": {"properties": {"sheetId": sheet_id, "title": ws, "gridProperties": {
+                    "rowCount": 1000, "columnCount": len(LOG_HEADER)}}}},
+                {"updateCells": {"start": {"sheetId": sheet_id, "rowIndex": 0, "columnIndex": 0},
+                                 "rows": [{"values": [{"userEnteredValue": {"stringValue": h}}
+                                                      for h in LOG_HEADER]}],
+                                 "fields": "userEnteredValue"}},
+            ]})
         except gspread.exceptions.APIError as e:
             if e.response.status_code != 400:  # 400 = exists already
                 raise self._translate(e, ws) from e
-            rows = [row]
         try:
-            http.values_append(self.cfg.sheet_id, f"{self._ws(ws)}!A1", params, {"values": rows})
+            http.values_append(self.cfg.sheet_id, f"{self._ws(ws)}!A1", params, {"values": [row]})
         except Exception as e:
             raise self._translate(e, ws) from e
 
@@ -739,6 +768,17 @@ def _append_durable(path: Path, text: str) -> None:
 _budget = threading.local()
 
 
+def _bounded_timeout(base: Any) -> Any:
+    """A per-request timeout that never outlasts the caller's retry budget (the deadline is
+    thread-local, set by _with_retries)."""
+    deadline = getattr(_budget, "deadline", None)
+    if base is None or deadline is None:
+        return base
+    left = max(0.2, deadline - time.monotonic())
+    c, r = base if isinstance(base, tuple) else (base, base)
+    return (min(c, left), min(r, left))
+
+
 try:
     import gspread as _gspread
     import requests as _requests
@@ -749,13 +789,7 @@ try:
 
         @property  # type: ignore[override]
         def timeout(self) -> Any:
-            base = getattr(self, "_base_timeout", None)
-            deadline = getattr(_budget, "deadline", None)
-            if base is None or deadline is None:
-                return base
-            left = max(0.2, deadline - time.monotonic())
-            c, r = base if isinstance(base, tuple) else (base, base)
-            return (min(c, left), min(r, left))
+            return _bounded_timeout(getattr(self, "_base_timeout", None))
 
         @timeout.setter
         def timeout(self, value: Any) -> None:
@@ -772,6 +806,33 @@ try:
             if request.url.startswith(self.prefix):
                 request.url = self.target + request.url[len(self.prefix):]
             return super().send(request, **kwargs)
+
+    class _TokenRequest:
+        """The transport google-auth uses for the service-account token request: a plain
+        requests.Session (no retry adapter), every request bounded by the per-request timeout and
+        what is left of the retry budget, and a retryable HTTP status raised at once as a
+        TransportError, so google-auth's own back-off never runs and _with_retries counts the
+        failure as one attempt."""
+
+        def __init__(self, timeout: tuple[float, float]):
+            from google.auth.transport.requests import Request
+
+            self._timeout = timeout
+            self._request = Request(_requests.Session())
+
+        def __call__(self, url: str, method: str = "GET", body: Any = None, headers: Any = None,
+                     timeout: Any = None, **kwargs: Any) -> Any:
+            from google.auth.exceptions import TransportError
+
+            bound = _bounded_timeout(self._timeout)
+            if isinstance(timeout, (int, float)):
+                bound = (min(bound[0], timeout), min(bound[1], timeout))
+            elif isinstance(timeout, tuple) and len(timeout) == 2 and None not in timeout:
+                bound = (min(bound[0], timeout[0]), min(bound[1], timeout[1]))
+            response = self._request(url, method=method, body=body, headers=headers, timeout=bound, **kwargs)
+            if response.status in _RETRY_STATUSES:
+                raise TransportError(f"token endpoint answered HTTP {response.status}")
+            return response
 
     class _RefuseAdapter(_requests.adapters.BaseAdapter):
         def send(self, request: Any, **kwargs: Any) -> Any:
@@ -834,6 +895,13 @@ def _describe(e: BaseException) -> str:
     code = getattr(resp, "status_code", None)
     if code is not None:
         return f"HTTP {code}"
+    try:
+        from google.auth.exceptions import TransportError
+
+        if isinstance(e, TransportError) and str(e):
+            return f"{type(e).__name__} ({str(e)[:160]})"
+    except ImportError:  # pragma: no cover
+        pass
     return type(e).__name__
 
 
@@ -878,7 +946,8 @@ class CachedInventory:
         fut: asyncio.Future = loop.create_future()
 
         def settle(result: Any, exc: BaseException | None) -> None:
-            if fut.done():
+            if fut.done():  # cancelled: nobody is waiting for it any more
+                _log_late(name, result, exc, "its caller stopped waiting")
                 return
             if exc is not None:
                 fut.set_exception(exc)
@@ -893,22 +962,31 @@ class CachedInventory:
                 exc = e
             try:
                 loop.call_soon_threadsafe(settle, result, exc)
-            except RuntimeError:
-                pass  # the loop is gone (call ended); the work itself is done
+            except RuntimeError:  # the loop is gone (the call ended): say how the work ended
+                _log_late(name, result, exc, "its call's event loop had closed")
 
         threading.Thread(target=runner, name=name, daemon=True).start()
         return fut
 
     def _track(self, fut: asyncio.Future) -> asyncio.Future:
+        """Remembers work that close() must wait for (refreshes, bookings, call-backs)."""
         self._background.add(fut)
-
-        def done(f: asyncio.Future) -> None:
-            self._background.discard(f)
-            if not f.cancelled() and f.exception() is not None:
-                pass  # logged by the refresh itself
-
-        fut.add_done_callback(done)
+        fut.add_done_callback(self._background.discard)
         return fut
+
+    async def _run_tracked(self, fn: Callable[..., T], *args: Any, name: str) -> T:
+        """Runs fn off the loop, tracked for close(). If the caller stops waiting (cancelled),
+        the work carries on and its outcome is logged when it lands."""
+        fut = self._track(self._off_loop(fn, *args, name=name))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            def late(f: asyncio.Future) -> None:
+                if not f.cancelled():
+                    _log_late(name, None if f.exception() else f.result(), f.exception(),
+                              "its caller stopped waiting")
+            fut.add_done_callback(late)
+            raise
 
     # -- snapshot file ----------------------------------------------------------------------------
     def _read_snapshot_file(self) -> dict[str, Any] | None:
@@ -936,7 +1014,9 @@ class CachedInventory:
             k = _fold(u["id"])
             if k in overrides:
                 u["status"] = overrides[k]["status"]
-            if k in pending:
+            if k in pending and u["status"] in (AVAILABLE, PENDING):
+                # held by an outbox booking (kept, or in flight: write-ahead). A unit already
+                # RENTED (e.g. by that very booking) or in MAINTENANCE keeps its status.
                 u["status"] = PENDING
             out.append(u)
         return out
@@ -1098,6 +1178,32 @@ class CachedInventory:
         with self._lock("outbox", timeout=10):
             _append_durable(self.outbox_path, json.dumps(entry, ensure_ascii=False) + "\n")
 
+    def _is_settled(self, ref: str) -> bool:
+        return any(e.get("op") == "settled" and e.get("ref") == ref for e in self._outbox_entries())
+
+    def _settle(self, ref: str, result: str) -> None:
+        """Marks an outbox entry done. Best effort: if it fails, a later replay finds the row and
+        the Bookings entry already carrying the ref and settles it without writing again."""
+        try:
+            self._outbox_append({"op": "settled", "ref": ref, "result": result, "at": time.time()})
+        except Exception as e:  # noqa: BLE001
+            logger.warning("Outbox: could not mark %s settled (%s); a replay will", ref, _failure(e))
+
+    def _patch_quietly(self, changes: Mapping[str, str]) -> None:
+        """_patch_snapshot for the booking path: the snapshot is a cache, its failure never
+        changes a booking's outcome (the outbox hold and the next refresh cover it)."""
+        try:
+            self._patch_snapshot(changes)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("Could not update the shared equipment snapshot (%s): %s", _failure(e), dict(changes))
+
+    def _log_row(self, ref: str, at: str, equipment_id: str, equipment_name: str, name: str, phone: str,
+                 start: str, end: str, call_id: str, kind: str, note: str = "") -> list[str]:
+        """The one place a Bookings-tab row (LOG_HEADER order) is built; caller text prepared
+        for the store (RAW in Sheets; neutralised in the CSV)."""
+        p = self.store.prepare_text
+        return [ref, at, equipment_id, p(equipment_name), p(name), p(phone), start, end, p(call_id), kind, p(note)]
+
     # -- booking ---------------------------------------------------------------------------------
     @staticmethod
     def _validate_name(renter_name: str) -> str:
@@ -1113,7 +1219,8 @@ class CachedInventory:
     def _validate_phone(renter_phone: str) -> str:
         phone = " ".join(str(renter_phone or "").split())
         digits = re.sub(r"\D", "", phone)
-        if not re.fullmatch(r"\+?[\d\s\-().]+", phone) or not 7 <= len(digits) <= 15:
+        if (len(phone) > MAX_PHONE or not re.fullmatch(r"\+?[\d\s\-().]+", phone)
+                or not 7 <= len(digits) <= 15):
             raise BookingRefused("bad_phone", "That doesn't sound like a phone number; could you give me the "
                                               "number with the area code?")
         return phone
@@ -1154,64 +1261,112 @@ class CachedInventory:
                 raise BookingRefused("not_available", f"The {unit.name} ({unit.id}) is {what} right now.",
                                      self._alternatives(snap.units or (), unit, unit.id))
         call_id = _clean_text(call_id, MAX_CALL_ID)[:MAX_CALL_ID]
-        return await self._off_loop(self._book_sync, unit, equipment_id, name, phone, d_start, d_end, call_id,
-                                    snap, name="equipment-book")
+        # tracked: close() at call end waits (bounded) for a booking still in flight
+        return await self._run_tracked(self._book_sync, unit, equipment_id, name, phone, d_start, d_end,
+                                       call_id, snap, name="equipment-book")
+
+    @staticmethod
+    def _book_entry(ref: str, unit: Unit, name: str, phone: str, d_start: date, d_end: date, call_id: str,
+                    booked_at: str) -> dict[str, Any]:
+        return {"op": "book", "ref": ref, "equipment_id": unit.id, "equipment_name": unit.name,
+                "name": name, "phone": phone, "start": d_start.isoformat(), "end": d_end.isoformat(),
+                "call_id": call_id, "at": time.time(), "booked_at": booked_at}
 
     def _book_sync(self, unit: Unit | None, equipment_id: str, name: str, phone: str, d_start: date,
                    d_end: date, call_id: str, snap: Snapshot) -> Booking:
+        """Under the unit's lock: re-read, write-ahead to the outbox, write the row, append the
+        Bookings row, settle. Any failure after validation that is not a refusal keeps the
+        booking in the outbox and returns it unconfirmed; BookingNotRecorded only if even the
+        outbox cannot be written."""
         ref = new_ref()
         budget = max(self.cfg.retry_budget, 0.5)
-        wait = budget + self.cfg.http_timeout[1] + 2.0
-        lock = self._unit_lock(equipment_id, timeout=wait)
+        known = unit  # what we know of the unit: the snapshot's, then the source's
+        ahead = False  # the write-ahead entry is durably in the outbox
+
+        def kept(e: Exception) -> Booking:
+            if known is None:  # never read, and the source fails now: can't even verify the unit
+                logger.warning("Booking of %s refused: the inventory cannot be checked (%s)", equipment_id,
+                               _failure(e))
+                raise BookingRefused("inventory_unknown", "I can't check the inventory right now, so I "
+                                                          "can't book it; staff can call you back.") from e
+            return self._to_outbox(ref, known, name, phone, d_start, d_end, call_id, e, written=ahead)
+
+        lock = self._unit_lock(equipment_id, timeout=budget + self.cfg.http_timeout[1] + 2.0)
         try:
             lock.acquire()
         except filelock.Timeout:
             raise BookingRefused("just_taken", "Another caller is booking that unit at this moment.",
                                  self._alternatives(snap.units or (), unit, equipment_id)) from None
+        except Exception as e:  # noqa: BLE001 - e.g. STATE_DIR not writable
+            return kept(e)
         try:
-            if _fold(equipment_id) in self._outbox_pending_units():
-                raise BookingRefused("just_taken", "That unit was just taken by another caller.",
-                                     self._alternatives(snap.units or (), unit, equipment_id))
-            deadline = time.monotonic() + budget
             try:
+                if _fold(equipment_id) in self._outbox_pending_units():
+                    self._patch_quietly({unit.id if unit else equipment_id: PENDING})
+                    raise BookingRefused("just_taken", "That unit was just taken by another caller.",
+                                         self._alternatives(snap.units or (), unit, equipment_id))
+                deadline = time.monotonic() + budget
                 table = _with_retries(self.store.read_table, deadline, "read")
                 table.check_required()
-            except SourceUnavailable as e:
-                if unit is None:
-                    raise BookingRefused("inventory_unknown", "I can't check the inventory right now, so I "
-                                                              "can't book it; staff can call you back.") from e
-                return self._to_outbox(ref, unit, name, phone, d_start, d_end, call_id, e)
-            found = table.find(equipment_id)
-            if found is None:
-                raise BookingRefused("unknown_id", f"I can't find equipment {equipment_id!r} in our inventory.")
-            row_index, row = found
-            fresh = table.unit(row)
-            if not fresh.available:
-                self._patch_snapshot({fresh.id: fresh.status})
-                raise BookingRefused("just_taken", f"Sorry, the {fresh.name} ({fresh.id}) was just taken.",
-                                     self._alternatives(table.units(), fresh, fresh.id))
-            booked_at = _now_iso()
-            text_name = self.store.prepare_text(name)
-            fields = {"status": RENTED, "rentername": text_name, "renterphone": phone,
-                      "rentalstart": d_start.isoformat(), "rentalend": d_end.isoformat(),
-                      "bookingref": ref, "bookedat": booked_at}
-            try:
+                found = table.find(equipment_id)
+                if found is None:
+                    raise BookingRefused("unknown_id", f"I can't find equipment {equipment_id!r} in our inventory.")
+                row_index, row = found
+                fresh = known = table.unit(row)
+                if not fresh.available:
+                    self._patch_quietly({fresh.id: fresh.status})
+                    raise BookingRefused("just_taken", f"Sorry, the {fresh.name} ({fresh.id}) was just taken.",
+                                         self._alternatives(table.units(), fresh, fresh.id))
+                booked_at = _now_iso()
+                entry = self._book_entry(ref, fresh, name, phone, d_start, d_end, call_id, booked_at)
+                try:
+                    self._outbox_append(entry)  # write-ahead: a process that dies from here loses nothing
+                    ahead = True
+                    # held while in flight (it is about to be RENTED), and held if this process dies
+                    self._patch_quietly({fresh.id: PENDING})
+                except Exception as e:  # noqa: BLE001 - Sheets may still work: go on without it
+                    logger.error("Outbox %s not writable (%s) - booking %s goes ahead without its write-ahead "
+                                 "record", self.outbox_path, _failure(e), ref)
+                p = self.store.prepare_text
+                fields = {"status": RENTED, "rentername": p(name), "renterphone": p(phone),
+                          "rentalstart": d_start.isoformat(), "rentalend": d_end.isoformat(),
+                          "bookingref": ref, "bookedat": booked_at}
                 _with_retries(lambda: self.store.write_unit(row_index, fresh.id, fields, table), deadline, "write")
-            except SourceUnavailable as e:
-                return self._to_outbox(ref, fresh, name, phone, d_start, d_end, call_id, e)
-            self._patch_snapshot({fresh.id: RENTED})
+            except BookingRefused:
+                raise
+            except Exception as e:  # noqa: BLE001 - "nothing is lost": kept in the outbox
+                return kept(e)
+            # written: the booking is confirmed whatever happens to the audit row or the cache
+            self._patch_quietly({fresh.id: RENTED})
             logger.info("Booked %s (%s) for %s, ref %s", fresh.id, fresh.name, mask_phone(phone), ref)
+            # still under the unit lock, so a replay waiting for it finds the entry settled
+            self._log_booking(entry, ahead, time.monotonic() + budget)
         finally:
             lock.release()
-
-        log_row = [ref, booked_at, fresh.id, fresh.name, text_name, phone, d_start.isoformat(),
-                   d_end.isoformat(), self.store.prepare_text(call_id), "BOOKING", ""]
-        try:
-            self._append_log_once(log_row, ref, time.monotonic() + budget)
-        except (SourceUnavailable, InventoryConfigError) as e:
-            logger.warning("Booking %s written but its Bookings row was not (%s) - kept in the outbox", ref, e)
-            self._outbox_append({"op": "log", "ref": ref, "row": log_row, "at": time.time()})
         return Booking(ref, fresh.id, fresh.name, name, phone, d_start, d_end, confirmed=True)
+
+    def _log_booking(self, entry: Mapping[str, Any], ahead: bool, deadline: float) -> None:
+        """The Bookings row of a written booking, then the outbox entry settled. Never raises."""
+        ref = entry["ref"]
+        row = self._log_row(ref, entry["booked_at"], entry["equipment_id"], entry["equipment_name"], entry["name"],
+                            entry["phone"], entry["start"], entry["end"], entry["call_id"], "BOOKING")
+        try:
+            self._append_log_once(row, ref, deadline)
+        except Exception as e:  # noqa: BLE001
+            if ahead:  # the entry stays pending: replay finds the row ours and appends this row
+                logger.warning("Booking %s written but its Bookings row was not (%s) - kept in the outbox",
+                               ref, _failure(e))
+                return
+            try:
+                self._outbox_append({"op": "log", "ref": ref, "row": row, "at": time.time()})
+                logger.warning("Booking %s written but its Bookings row was not (%s) - kept in the outbox",
+                               ref, _failure(e))
+            except Exception as oe:  # noqa: BLE001
+                logger.error("Booking %s written but its Bookings row was not (%s) and the outbox failed too "
+                             "(%s): staff must add it by hand", ref, _failure(e), _failure(oe))
+            return
+        if ahead:
+            self._settle(ref, "written")
 
     def _append_log_once(self, row: list[str], ref: str, deadline: float) -> None:
         """values:append is not idempotent: after a failed attempt, look for our ref first."""
@@ -1226,13 +1381,22 @@ class CachedInventory:
         _with_retries(once, deadline, "append")
 
     def _to_outbox(self, ref: str, unit: Unit, name: str, phone: str, d_start: date, d_end: date,
-                   call_id: str, why: Exception) -> Booking:
-        self._outbox_append({"op": "book", "ref": ref, "equipment_id": unit.id, "equipment_name": unit.name,
-                             "name": name, "phone": phone, "start": d_start.isoformat(), "end": d_end.isoformat(),
-                             "call_id": call_id, "at": time.time(), "booked_at": _now_iso()})
-        self._patch_snapshot({unit.id: PENDING})
-        logger.warning("Sheets unavailable (%s) - booking %s for %s (%s) kept in the outbox; staff will confirm",
-                       why, ref, unit.id, mask_phone(phone))
+                   call_id: str, why: Exception, written: bool = False) -> Booking:
+        """Keeps a booking that could not be written (written=True: its write-ahead entry is
+        already there), holds the unit PENDING, logs one line saying why."""
+        reason = _failure(why)
+        if not written:
+            try:
+                self._outbox_append(self._book_entry(ref, unit, name, phone, d_start, d_end, call_id, _now_iso()))
+            except Exception as e:  # noqa: BLE001
+                logger.error("Booking %s for %s (%s) NOT RECORDED: the source failed (%s) and so did the "
+                             "outbox %s (%s)", ref, unit.id, mask_phone(phone), reason, self.outbox_path, _failure(e))
+                raise BookingNotRecorded(
+                    f"booking of {unit.id} could not be written to the inventory ({reason}) nor kept in the "
+                    f"outbox {self.outbox_path} ({_failure(e)})") from e
+        self._patch_quietly({unit.id: PENDING})
+        logger.warning("Booking %s for %s (%s) kept in the outbox, staff will confirm - not written because: %s",
+                       ref, unit.id, mask_phone(phone), reason)
         return Booking(ref, unit.id, unit.name, name, phone, d_start, d_end, confirmed=False)
 
     # -- call-backs ------------------------------------------------------------------------------
@@ -1241,18 +1405,21 @@ class CachedInventory:
         phone = self._validate_phone(phone)
         note = _clean_text(note, MAX_NOTE)[:MAX_NOTE]
         call_id = _clean_text(call_id, MAX_CALL_ID)[:MAX_CALL_ID]
-        return await self._off_loop(self._callback_sync, name, phone, note, call_id, name="equipment-callback")
+        return await self._run_tracked(self._callback_sync, name, phone, note, call_id, name="equipment-callback")
 
     def _callback_sync(self, name: str, phone: str, note: str, call_id: str) -> str:
         ref = new_ref()
-        p = self.store.prepare_text
-        row = [ref, _now_iso(), "", "", p(name), phone, "", "", p(call_id), "CALLBACK", p(note)]
+        row = self._log_row(ref, _now_iso(), "", "", name, phone, "", "", call_id, "CALLBACK", note)
         try:
             self._append_log_once(row, ref, time.monotonic() + max(self.cfg.retry_budget, 0.5))
             logger.info("Call-back request %s recorded for %s", ref, mask_phone(phone))
-        except (SourceUnavailable, InventoryConfigError) as e:
-            self._outbox_append({"op": "callback", "ref": ref, "row": row, "at": time.time()})
-            logger.warning("Call-back request %s for %s kept in the outbox (%s)", ref, mask_phone(phone), e)
+        except Exception as e:  # noqa: BLE001 - kept in the outbox
+            try:
+                self._outbox_append({"op": "callback", "ref": ref, "row": row, "at": time.time()})
+            except Exception as oe:  # noqa: BLE001
+                raise BookingNotRecorded(f"call-back request could not be written ({_failure(e)}) nor kept in "
+                                         f"the outbox {self.outbox_path} ({_failure(oe)})") from oe
+            logger.warning("Call-back request %s for %s kept in the outbox (%s)", ref, mask_phone(phone), _failure(e))
         return ref
 
     # -- replay ----------------------------------------------------------------------------------
@@ -1260,9 +1427,9 @@ class CachedInventory:
         if not self._outbox_pending():
             return 0
         try:
-            return await self._off_loop(self._replay_sync, name="equipment-replay")
-        except (SourceUnavailable, InventoryConfigError) as e:
-            logger.warning("Outbox replay failed, will retry on a later refresh: %s", e)
+            return await self._run_tracked(self._replay_sync, name="equipment-replay")
+        except Exception as e:  # noqa: BLE001 - kept; a later refresh or shutdown retries
+            logger.warning("Outbox replay failed, will retry on a later refresh: %s", _failure(e))
             return 0
 
     def _replay_sync(self) -> int:
@@ -1277,26 +1444,39 @@ class CachedInventory:
                 return 0
             deadline = time.monotonic() + max(self.cfg.retry_budget, 0.5)
             settled = 0
-            table: Table | None = None
-            refs = _with_retries(self.store.log_refs, deadline, "read")
+            known_refs: set[str] | None = None
             changes: dict[str, str] = {}
+            p = self.store.prepare_text
+
+            def log_refs() -> set[str]:  # read once, and only when needed
+                nonlocal known_refs
+                if known_refs is None:
+                    known_refs = _with_retries(self.store.log_refs, deadline, "read")
+                return known_refs
+
             for e in pending:
                 op, ref = e.get("op"), e.get("ref")
                 if op in ("callback", "log"):
-                    if ref not in refs:
+                    if ref not in log_refs():
                         self._append_log_once(e["row"], ref, deadline)
-                        refs.add(ref)
+                        log_refs().add(ref)
                     self._outbox_append({"op": "settled", "ref": ref, "result": "written", "at": time.time()})
                     settled += 1
                     continue
                 if op != "book":
                     continue
                 eid = e["equipment_id"]
-                with self._unit_lock(eid, timeout=max(self.cfg.retry_budget, 1.0) + 5):
+                unit_lock = self._unit_lock(eid, timeout=0)
+                try:
+                    unit_lock.acquire()
+                except filelock.Timeout:
+                    continue  # a booking of this unit is in flight (maybe this very one): later
+                try:
+                    if self._is_settled(ref):
+                        continue  # its booking finished while we waited
                     table = _with_retries(self.store.read_table, deadline, "read")
                     table.check_required()
                     found = table.find(eid)
-                    p = self.store.prepare_text
                     if found is None:
                         result, now_status = "conflict", "missing"
                     else:
@@ -1306,11 +1486,11 @@ class CachedInventory:
                         ours = table.get(row, "bookingref") == ref or (
                             cur.status == RENTED and "bookingref" not in table.cols
                             and table.get(row, "rentername") == p(e["name"])
-                            and table.get(row, "renterphone") == e["phone"])
+                            and table.get(row, "renterphone") == p(e["phone"]))
                         if ours:
                             result = "already"
                         elif cur.available:
-                            fields = {"status": RENTED, "rentername": p(e["name"]), "renterphone": e["phone"],
+                            fields = {"status": RENTED, "rentername": p(e["name"]), "renterphone": p(e["phone"]),
                                       "rentalstart": e["start"], "rentalend": e["end"], "bookingref": ref,
                                       "bookedat": e.get("booked_at", "")}
                             _with_retries(lambda: self.store.write_unit(row_index, cur.id, fields, table),
@@ -1326,17 +1506,19 @@ class CachedInventory:
                         changes[eid] = now_status if now_status != "missing" else MAINTENANCE
                     else:
                         changes[eid] = RENTED
-                    if ref not in refs:
-                        kind = "CONFLICT" if result == "conflict" else "BOOKING"
-                        self._append_log_once(
-                            [ref, e.get("booked_at", ""), eid, e.get("equipment_name", ""), p(e["name"]), e["phone"],
-                             e["start"], e["end"], p(e.get("call_id", "")), kind,
-                             "kept offline; unit was taken meanwhile - call the renter" if kind == "CONFLICT"
-                             else "kept offline, written on replay"], ref, deadline)
-                        refs.add(ref)
+                    if ref not in log_refs():  # a Bookings row with our ref is never appended twice
+                        conflict = result == "conflict"
+                        self._append_log_once(self._log_row(
+                            ref, e.get("booked_at", ""), eid, e.get("equipment_name", ""), e["name"], e["phone"],
+                            e["start"], e["end"], e.get("call_id", ""), "CONFLICT" if conflict else "BOOKING",
+                            "kept offline; unit was taken meanwhile - call the renter" if conflict
+                            else "kept offline, written on replay"), ref, deadline)
+                        log_refs().add(ref)
                     self._outbox_append({"op": "settled", "ref": ref, "result": result, "at": time.time()})
                     settled += 1
                     logger.info("Outbox: booking %s for %s settled (%s)", ref, eid, result)
+                finally:
+                    unit_lock.release()
             if changes:
                 self._patch_snapshot(changes)
             return settled
@@ -1345,19 +1527,58 @@ class CachedInventory:
 
     # -- shutdown --------------------------------------------------------------------------------
     async def close(self, timeout: float = 5.0) -> None:
-        """For job/worker shutdown: waits (bounded) for background refreshes, then replays the
-        outbox if it holds anything. Never raises."""
-        deadline = time.monotonic() + max(timeout, 0.0)
-        pending = [f for f in self._background if not f.done()]
-        if pending and timeout > 0:
-            await asyncio.wait(pending, timeout=timeout)
-        left = deadline - time.monotonic()
-        if left > 0 and self._outbox_pending():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._off_loop(self._replay_sync)), left)
-            except Exception as e:  # noqa: BLE001
-                logger.warning("Outbox replay at shutdown did not finish: %s", e)
+        """For job/worker shutdown: waits (bounded) for background refreshes and for bookings and
+        call-backs still in flight, then replays the outbox if it holds anything. Never raises.
+        What is still running after the timeout is in the outbox already (write-ahead)."""
+        try:
+            deadline = time.monotonic() + max(timeout, 0.0)
+            loop = asyncio.get_running_loop()
+            pending = [f for f in self._background if not f.done() and f.get_loop() is loop]
+            if pending and timeout > 0:
+                await asyncio.wait(pending, timeout=timeout)
+                still = [f for f in pending if not f.done()]
+                if still:
+                    logger.warning("Shutdown: %d equipment task(s) still running after %.1fs (a booking among "
+                                   "them is in the outbox and will be replayed)", len(still), timeout)
+            left = deadline - time.monotonic()
+            if left > 0 and self._outbox_pending():
+                await asyncio.wait_for(asyncio.shield(self._off_loop(self._replay_sync,
+                                                                     name="equipment-replay")), left)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("Outbox replay at shutdown did not finish: %s", _failure(e))
 
+
+def _failure(e: BaseException) -> str:
+    """One clear phrase for why something failed (for the log line that says it)."""
+    try:
+        import gspread
+
+        if isinstance(e, gspread.exceptions.APIError):
+            msg = str(e.error.get("message", "")) if isinstance(e.error, Mapping) else ""
+            return f"Google Sheets refused the request (HTTP {e.response.status_code}: {msg[:200]})"
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(e, filelock.Timeout):
+        return f"a local file lock timed out ({e})"
+    if isinstance(e, (InventoryConfigError, SourceUnavailable, BookingNotRecorded)):
+        return str(e)[:400]
+    if isinstance(e, OSError):
+        return f"local file error: {e}"[:400]
+    return f"{type(e).__name__}: {e}"[:400]
+
+
+def _log_late(name: str, result: Any, exc: BaseException | None, why: str) -> None:
+    """The outcome of work that finished after nobody was waiting for it (never dropped silently)."""
+    if exc is not None:
+        level = logging.INFO if isinstance(exc, BookingRefused) else logging.WARNING
+        logger.log(level, "%s finished after %s, with an error: %s", name, why, _failure(exc))
+        return
+    if isinstance(result, Booking):
+        what = (f"booking {result.ref} for {result.equipment_id} "
+                f"({'confirmed' if result.confirmed else 'kept in the outbox'})")
+    else:
+        what = repr(result)[:200]
+    logger.info("%s finished after %s: %s", name, why, what)
 
 def inventory_from_env(env: Mapping[str, str] = os.environ) -> CachedInventory:
     """The inventory configured by env: the Google Sheet when GOOGLE_SHEET_ID is set, else the

@@ -8,6 +8,8 @@ Inventory fixtures (equipment.py):
   ``sheets.record("Equipment", "EX-101")``, ``sheets.rows("Bookings")``, and faults:
   ``sheets.fail("read", 503)``, ``sheets.delay("read", 5)``, ``sheets.hang("read")`` (released at
   teardown), ``sheets.reset("write", times=1)``, ``sheets.forbid()``. Kind "*" means every path.
+  ``sheets.after("structure", fn)`` runs ``fn()`` right after such a request is applied (another
+  writer landing between two of ours).
 - ``sheet_env``: env dict for ``equipment.inventory_from_env(sheet_env)``: GOOGLE_SHEET_ID,
   GOOGLE_SERVICE_ACCOUNT_JSON (token_uri -> the stand-in), GOOGLE_SHEETS_API_URL (the stand-in),
   STATE_DIR (a temp dir), small timeouts (EQUIPMENT_LOAD_TIMEOUT=2, SHEETS_HTTP_TIMEOUT=1,2,

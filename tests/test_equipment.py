@@ -317,7 +317,8 @@ async def test_booking_happy_path(store_env, caplog):
     assert len(b.ref) == 6 and set(b.ref) <= set(equipment.REF_ALPHABET)
     assert (b.start, b.end) == (date(2030, 1, 12), date(2030, 1, 15))
     row = source_record(store_env, "EX-101")
-    assert row["Status"] == "RENTED" and row["Renter Name"] == "Ann Lee" and row["Renter Phone"] == PHONE
+    stored_phone = PHONE if store_env.get("GOOGLE_SHEET_ID") else "'" + PHONE  # CSV: neutralised
+    assert row["Status"] == "RENTED" and row["Renter Name"] == "Ann Lee" and row["Renter Phone"] == stored_phone
     assert (row["Rental Start"], row["Rental End"], row["Booking Ref"]) == (START, END, b.ref)
     assert row["Booked At"].startswith("20")
     log = source_log(store_env)
@@ -325,7 +326,7 @@ async def test_booking_happy_path(store_env, caplog):
     assert {k: log[0][k] for k in ("Booking Ref", "Equipment ID", "Equipment Name", "Renter Name", "Renter Phone",
                                    "Rental Start", "Rental End", "Call ID", "Kind")} == {
         "Booking Ref": b.ref, "Equipment ID": "EX-101", "Equipment Name": "Kubota KX040 Mini Excavator",
-        "Renter Name": "Ann Lee", "Renter Phone": PHONE, "Rental Start": START, "Rental End": END,
+        "Renter Name": "Ann Lee", "Renter Phone": stored_phone, "Rental Start": START, "Rental End": END,
         "Call ID": "call-42", "Kind": "BOOKING"}
     # every process sees it on its next read, without waiting for the TTL
     assert (await equipment.inventory_from_env(store_env).snapshot()).find("EX-101").status == "RENTED"
@@ -529,7 +530,8 @@ async def test_record_callback(store_env):
     inv = equipment.inventory_from_env(store_env)
     ref = await inv.record_callback("Ann", PHONE, "wants a quote for a 3-week boom lift", call_id="c7")
     log = source_log(store_env)
-    assert [(r["Booking Ref"], r["Kind"], r["Renter Phone"]) for r in log] == [(ref, "CALLBACK", PHONE)]
+    stored_phone = PHONE if store_env.get("GOOGLE_SHEET_ID") else "'" + PHONE
+    assert [(r["Booking Ref"], r["Kind"], r["Renter Phone"]) for r in log] == [(ref, "CALLBACK", stored_phone)]
     assert "boom lift" in log[0]["Note"]
     with pytest.raises(BookingRefused) as e:
         await inv.record_callback("Ann", "nope", "")
@@ -544,3 +546,275 @@ async def test_record_callback_during_outage_goes_to_outbox(sheets, sheet_env):
     sheets.clear_faults()
     assert await inv.replay_outbox() == 1
     assert [(r["Booking Ref"], r["Kind"]) for r in sheets.records("Bookings")] == [(ref, "CALLBACK")]
+
+
+# =============================================================================================
+# review fixes: write-ahead outbox, failures kept, phone limits, token retries, Bookings tab
+
+
+def _outbox(env: dict[str, str]) -> list[dict]:
+    p = Path(env["STATE_DIR"]) / equipment.OUTBOX_FILE
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+def _pending_refs(env: dict[str, str]) -> list[str]:
+    entries = _outbox(env)
+    settled = {e["ref"] for e in entries if e["op"] == "settled"}
+    return [e["ref"] for e in entries if e["op"] != "settled" and e["ref"] not in settled]
+
+
+@pytest.mark.parametrize("stage", ["before_write", "after_write"])
+async def test_process_killed_mid_booking_loses_nothing(sheets, sheet_env, run_child, stage):
+    """Write-ahead: the booking is in the outbox before the row is written, so a process that
+    dies mid-booking (call ended, worker killed) leaves something replay can finish, once."""
+    await equipment.inventory_from_env(sheet_env).snapshot()
+    sheets.hang("write" if stage == "before_write" else "append")
+    env = dict(sheet_env, BOOKING_RETRY_BUDGET="30", SHEETS_HTTP_TIMEOUT="30")
+    child = run_child(env, "book", "EX-103", "Ann", PHONE, "2031-01-01", "2031-01-02")
+    kind = "write" if stage == "before_write" else "append"
+    assert await wait_until(lambda: sheets.counts[kind] >= 1, timeout=30)
+    await asyncio.sleep(0.2)
+    child.kill()  # no close(), no finally: the process is gone
+    child.wait()
+    sheets.release()
+    sheets.clear_faults()
+    refs = _pending_refs(sheet_env)
+    assert len(refs) == 1, _outbox(sheet_env)
+    row = sheets.record("Equipment", "EX-103")
+    if stage == "after_write":
+        assert row["Status"] == "RENTED" and row["Booking Ref"] == refs[0]
+        assert sheets.rows("Bookings") in ([], [equipment.LOG_HEADER])
+    # held for everybody until it is settled
+    assert (await equipment.inventory_from_env(sheet_env).snapshot()).find("EX-103").status != "AVAILABLE"
+    inv = equipment.inventory_from_env(sheet_env)
+    assert await inv.replay_outbox() == 1
+    row = sheets.record("Equipment", "EX-103")
+    assert row["Status"] == "RENTED" and row["Booking Ref"] == refs[0] and row["Renter Name"] == "Ann"
+    assert [r["Booking Ref"] for r in sheets.records("Bookings")] == refs
+    assert await inv.replay_outbox() == 0 and _pending_refs(sheet_env) == []
+    assert [r["Booking Ref"] for r in sheets.records("Bookings")] == refs
+    assert (await equipment.inventory_from_env(sheet_env).snapshot()).find("EX-103").status == "RENTED"
+
+
+async def test_replay_does_not_append_a_second_bookings_row(sheets, sheet_env):
+    """Died after the Bookings row was appended but before the outbox entry was settled."""
+    inv = equipment.inventory_from_env(sheet_env)
+    await inv.snapshot()
+    b = await inv.book("EX-103", "Ann", PHONE, START, END, today=TODAY)
+    outbox = Path(sheet_env["STATE_DIR"]) / equipment.OUTBOX_FILE
+    lines = outbox.read_text().splitlines()
+    assert [json.loads(x)["op"] for x in lines] == ["book", "settled"]
+    outbox.write_text(lines[0] + "\n")  # as if the process died before writing "settled"
+    writes, appends = sheets.counts["write"], sheets.counts["append"]
+    assert await equipment.inventory_from_env(sheet_env).replay_outbox() == 1
+    assert sheets.counts["write"] == writes and sheets.counts["append"] == appends
+    assert [r["Booking Ref"] for r in sheets.records("Bookings")] == [b.ref]
+
+
+async def test_close_waits_for_a_booking_still_in_flight(sheets, sheet_env):
+    inv = equipment.inventory_from_env(sheet_env)
+    await inv.snapshot()
+    sheets.delay("write", 1.0)
+    write = asyncio.ensure_future(inv.book("EX-103", "Ann", PHONE, START, END, today=TODAY))
+    with pytest.raises(asyncio.TimeoutError):  # the agent stops waiting; the call ends
+        await asyncio.wait_for(asyncio.shield(write), 0.2)
+    await inv.close(timeout=20)
+    assert write.done() and write.result().confirmed
+    assert sheets.record("Equipment", "EX-103")["Booking Ref"] == write.result().ref
+    assert [r["Booking Ref"] for r in sheets.records("Bookings")] == [write.result().ref]
+    assert _pending_refs(sheet_env) == []
+
+
+def test_late_result_of_a_thread_is_logged_not_dropped(csv_env, caplog):
+    caplog.set_level(logging.INFO, logger="equipment")
+    inv = equipment.inventory_from_env(csv_env)
+    done = [0]
+
+    def slow(fail: bool) -> str:
+        time.sleep(0.3)
+        done[0] += 1
+        if fail:
+            raise RuntimeError("late failure xyz")
+        return "late result abc"
+
+    async def leave_early() -> None:
+        inv._off_loop(slow, False, name="equipment-late-ok")
+        inv._off_loop(slow, True, name="equipment-late-bad")
+
+    asyncio.run(leave_early())  # the loop closes before the threads finish
+    deadline = time.monotonic() + 10
+    while done[0] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert "equipment-late-ok" in caplog.text and "late result abc" in caplog.text
+    assert "equipment-late-bad" in caplog.text and "late failure xyz" in caplog.text
+
+
+@pytest.mark.parametrize("fault", ["forbidden", "bad_request", "column_deleted"])
+async def test_failures_during_booking_are_kept_in_the_outbox(sheets, sheet_env, fault, caplog):
+    caplog.set_level(logging.INFO, logger="equipment")
+    inv = equipment.inventory_from_env(sheet_env)
+    await inv.snapshot()
+    if fault == "forbidden":
+        sheets.forbid()  # the sheet was un-shared mid-day
+    elif fault == "bad_request":
+        sheets.fail("write", 400)
+    else:
+        sheets.set_rows("Equipment", [[c for c in r[:3]] + r[4:] for r in equipment_rows()])  # no Status
+    t0 = time.monotonic()
+    b = await inv.book("EX-103", "Ann", PHONE, START, END, call_id="c1", today=TODAY)
+    assert not b.confirmed and time.monotonic() - t0 < 8
+    assert _pending_refs(sheet_env) == [b.ref]
+    entry = next(e for e in _outbox(sheet_env) if e["op"] == "book")
+    assert (entry["equipment_id"], entry["name"], entry["phone"]) == ("EX-103", "Ann", PHONE)
+    why = {"forbidden": "not shared with", "bad_request": "HTTP 400", "column_deleted": "no 'Status' column"}
+    lines = [r.getMessage() for r in caplog.records if b.ref in r.getMessage() and "outbox" in r.getMessage()]
+    assert len(lines) == 1 and why[fault] in lines[0], caplog.text
+    assert PHONE not in caplog.text
+    assert (await equipment.inventory_from_env(sheet_env).snapshot()).find("EX-103").status == "PENDING"
+
+
+async def test_local_file_failure_during_booking_is_kept_in_the_outbox(csv_env, monkeypatch):
+    inv = equipment.inventory_from_env(csv_env)
+    await inv.snapshot()
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(inv.store, "write_unit", broken)
+    b = await inv.book("EX-103", "Ann", PHONE, START, END, today=TODAY)
+    assert not b.confirmed and _pending_refs(csv_env) == [b.ref]
+    # the snapshot patch itself failing after a good write does not unconfirm the booking
+    monkeypatch.undo()
+    monkeypatch.setattr(inv, "_patch_snapshot", broken)
+    b2 = await inv.book("EX-101", "Bo", PHONE, START, END, today=TODAY)
+    assert b2.confirmed and source_record(csv_env, "EX-101")["Booking Ref"] == b2.ref
+
+
+async def test_booking_raises_clearly_when_even_the_outbox_fails(sheets, sheet_env, monkeypatch):
+    inv = equipment.inventory_from_env(sheet_env)
+    await inv.snapshot()
+    sheets.forbid()
+
+    def broken(entry):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(inv, "_outbox_append", broken)
+    with pytest.raises(equipment.BookingNotRecorded, match="not shared with.*Read-only file system"):
+        await inv.book("EX-103", "Ann", PHONE, START, END, today=TODAY)
+
+
+async def test_phone_is_length_limited_and_neutralised(store_env):
+    inv = equipment.inventory_from_env(store_env)
+    huge = "1" + "-" * 60000 + "5551234567"
+    with pytest.raises(BookingRefused) as e:
+        await inv.book("EX-101", "Ann", huge, START, END, today=TODAY)
+    assert e.value.code == "bad_phone"
+    with pytest.raises(BookingRefused) as e:
+        await inv.book("EX-101", "Ann", "+1 (555) 123-4567 " + " " * 10 + "-" * 20, START, END, today=TODAY)
+    assert e.value.code == "bad_phone"
+    with pytest.raises(BookingRefused) as e:
+        await inv.record_callback("Ann", huge, "note")
+    assert e.value.code == "bad_phone"
+    b = await inv.book("EX-101", "Ann", "-555-123-4567", START, END, today=TODAY)
+    ref = await inv.record_callback("=cmd()", "+1 555 123 4567", "-2+3", call_id="c1")
+    row, log = source_record(store_env, "EX-101"), source_log(store_env)
+    cb = next(r for r in log if r["Booking Ref"] == ref)
+    if store_env.get("GOOGLE_SHEET_ID"):  # RAW: stored as given
+        assert row["Renter Phone"] == "-555-123-4567" and log[0]["Renter Phone"] == "-555-123-4567"
+        assert (cb["Renter Name"], cb["Renter Phone"], cb["Note"]) == ("=cmd()", "+1 555 123 4567", "-2+3")
+    else:  # readable, but never run by a spreadsheet program
+        assert row["Renter Phone"] == "'-555-123-4567" and log[0]["Renter Phone"] == "'-555-123-4567"
+        assert (cb["Renter Name"], cb["Renter Phone"], cb["Note"]) == ("'=cmd()", "'+1 555 123 4567", "'-2+3")
+    assert b.renter_phone == "-555-123-4567"
+
+
+async def test_failing_token_endpoint_stays_within_the_retry_budget(sheets, sheet_env):
+    await equipment.inventory_from_env(sheet_env).snapshot()  # a snapshot exists
+    sheets.fail("token", 503)
+    tokens = sheets.counts["token"]
+    # google-auth alone retries a token request 3 times with 1 s + 2 s sleeps: 3 s per attempt
+    env = dict(sheet_env, BOOKING_RETRY_BUDGET="1", SHEETS_HTTP_TIMEOUT="1")
+    inv = equipment.inventory_from_env(env)  # a new process: no token yet
+    t0 = time.monotonic()
+    b = await inv.book("EX-103", "Ann", PHONE, START, END, today=TODAY)
+    elapsed = time.monotonic() - t0
+    budget, read_timeout = 1.0, 1.0  # BOOKING_RETRY_BUDGET, SHEETS_HTTP_TIMEOUT
+    assert not b.confirmed and elapsed < budget + read_timeout, elapsed
+    assert 1 <= sheets.counts["token"] - tokens <= 6, sheets.counts
+
+
+async def test_failing_token_endpoint_connection_reset_is_one_attempt(sheets, sheet_env):
+    env = dict(sheet_env, BOOKING_RETRY_BUDGET="0.5")
+    sheets.reset("token")
+    inv = equipment.inventory_from_env(env)
+    with pytest.raises(equipment.SourceUnavailable):
+        await inv.check()
+    assert 1 <= sheets.counts["token"] <= 3, sheets.counts
+
+
+async def test_bookings_tab_created_with_its_header_in_one_request(sheets, sheet_env):
+    other = ["OTHER1", "2030-01-01T00:00:00", "EX-201", "x", "Bo", "+1 555 000 0000", "", "", "", "BOOKING", ""]
+    # another process appends right after the tab appears, before anything else we send
+    sheets.after("structure", lambda: sheets.sheets["Bookings"].append(list(other)))
+    inv = equipment.inventory_from_env(sheet_env)
+    b = await inv.book("EX-103", "Ann", PHONE, START, END, today=TODAY)
+    rows = sheets.rows("Bookings")
+    assert rows[0] == equipment.LOG_HEADER
+    assert [r[0] for r in rows[1:]] == ["OTHER1", b.ref]
+    assert sheets.counts["structure"] == 1
+
+
+async def test_bookings_tab_already_created_by_another_process(sheets, sheet_env):
+    sheets.set_rows("Bookings", [list(equipment.LOG_HEADER)])
+    sheets.fail("append", 400, times=1)  # our append raced the other process' creation
+    inv = equipment.inventory_from_env(sheet_env)
+    b = await inv.book("EX-103", "Ann", PHONE, START, END, today=TODAY)
+    assert b.confirmed
+    rows = sheets.rows("Bookings")
+    assert rows[0] == equipment.LOG_HEADER and [r[0] for r in rows[1:]] == [b.ref]
+
+
+@pytest.mark.parametrize("raw, masked", [
+    ("5551234567", "******4567"),
+    ("555-123-4567", "******4567"),
+    ("+15551234567", "+1******4567"),
+    ("+1 (555) 123-4567", "+1******4567"),
+    ("tel:+447700900123", "+4*******0123"),
+    ("sip:+15551234567@pbx.example.com", "+1******4567"),
+    ("sip:5551234567@10.0.0.1", "******4567"),
+    ("1234", "****"),
+    ("", "unknown"),
+    (None, "unknown"),
+])
+def test_mask_phone(raw, masked):
+    assert equipment.mask_phone(raw) == masked
+
+
+async def test_outbox_hold_refuses_a_second_booking_before_replay(sheets, sheet_env, run_child):
+    sheet_env["BOOKING_RETRY_BUDGET"] = "1"
+    inv = equipment.inventory_from_env(sheet_env)
+    await inv.snapshot()
+    sheets.fail("*", 503)
+    b = await inv.book("EX-103", "Ann", PHONE, START, END, today=TODAY)
+    assert not b.confirmed
+    sheets.clear_faults()  # Sheets is healthy again, nothing replayed yet
+    child = child_result(run_child(sheet_env, "snapshot", CHILD_CLOSE_TIMEOUT="0"))
+    assert child["statuses"]["EX-103"] == "PENDING"
+    # even a process whose snapshot missed the hold (written before it) can't get past it
+    snap_file = Path(sheet_env["STATE_DIR"]) / equipment.SNAPSHOT_FILE
+    data = json.loads(snap_file.read_text())
+    data["overrides"] = {}
+    for u in data["units"]:
+        if u["id"] == "EX-103":
+            u["status"] = "AVAILABLE"
+    snap_file.write_text(json.dumps(data))
+    other = child_result(run_child(sheet_env, "book", "EX-103", "Bo", PHONE, "2031-01-01", "2031-01-02",
+                                   CHILD_CLOSE_TIMEOUT="0"))
+    assert not other["ok"] and other["code"] == "just_taken" and "EX-101" in other["alternatives"]
+    assert sheets.record("Equipment", "EX-103")["Status"] == "AVAILABLE"  # nothing written by the loser
+    assert sheets.rows("Bookings") == []
+    child = child_result(run_child(sheet_env, "snapshot", CHILD_CLOSE_TIMEOUT="0"))
+    assert child["statuses"]["EX-103"] == "PENDING"  # and the snapshot learned the hold again
+    assert await inv.replay_outbox() == 1
+    assert sheets.record("Equipment", "EX-103")["Booking Ref"] == b.ref

@@ -15,13 +15,16 @@ It answers, on 127.0.0.1:
 - ``GET  /v4/spreadsheets/{id}/values/{range}``     kind "read"   (also ``values:batchGet``)
 - ``POST /v4/spreadsheets/{id}/values:batchUpdate`` kind "write"  (also ``PUT .../values/{range}``)
 - ``POST /v4/spreadsheets/{id}/values/{range}:append`` kind "append"
-- ``POST /v4/spreadsheets/{id}:batchUpdate``        kind "structure" (addSheet)
+- ``POST /v4/spreadsheets/{id}:batchUpdate``        kind "structure" (addSheet, with an optional
+  sheetId; appendCells/updateCells of string values on a sheetId; all-or-nothing)
 
 ``sheets.counts[kind]`` counts every request received (faulted ones too). Faults, per kind (or "*"):
 ``fail(kind, status, times=None)``, ``delay(kind, seconds, times=None)``, ``reset(kind, times=None)``
 (connection reset, no response), ``hang(kind, times=None)`` (no response until ``release()`` or
 ``stop()``), ``forbid()`` (403 on every /v4 path, as for a sheet not shared with the account).
-``times=None`` means always; ``clear_faults()`` removes them.
+``times=None`` means always; ``clear_faults()`` removes them. ``after(kind, fn, times=1)`` runs
+``fn()`` right after a request of that kind was applied (before its answer is sent): another
+writer landing in between two requests of the code under test.
 
 Values are stored as written: RAW values verbatim. A USER_ENTERED string starting with "=" is
 treated as a formula, as Sheets would: the cell then reads back as "#FORMULA" and the write is
@@ -139,6 +142,7 @@ class SheetsStandIn:
         self.formula_writes: list[tuple[str, str]] = []  # (range, value) sent USER_ENTERED with '='
         self.value_input_options: list[str] = []
         self._faults: dict[str, list[dict[str, Any]]] = {}
+        self._after: list[dict[str, Any]] = []
         self._forbidden = False
         self._lock = threading.RLock()
         self._release = threading.Event()
@@ -254,12 +258,27 @@ class SheetsStandIn:
                 faults[:] = [f for f in faults if f["action"] != "hang"]
         self._release.set()
 
+    def after(self, kind: str, fn: Any, times: int | None = 1) -> None:
+        with self._lock:
+            self._after.append({"kind": kind, "fn": fn, "remaining": times})
+
+    def _run_after(self, kind: str) -> None:
+        with self._lock:
+            hooks = [h for h in self._after if h["kind"] in (kind, "*")
+                     and (h["remaining"] is None or h["remaining"] > 0)]
+            for h in hooks:
+                if h["remaining"] is not None:
+                    h["remaining"] -= 1
+            for h in hooks:
+                h["fn"]()
+
     def forbid(self, on: bool = True) -> None:
         self._forbidden = on
 
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._after.clear()
             self._forbidden = False
         self._release.set()
 
@@ -335,6 +354,8 @@ class SheetsStandIn:
                 status, payload = self._route(kind, method, rest, query, data)
         except _BadRange as e:
             status, payload = 400, _error(400, f"Unable to parse range: {e}", "INVALID_ARGUMENT")
+        if status < 300:
+            self._run_after(kind)
         h.reply(status, payload)
 
     @staticmethod
@@ -399,6 +420,47 @@ class SheetsStandIn:
                 n += 1
         return n
 
+    def _structure(self, req: dict[str, Any]) -> dict[str, Any]:
+        if "addSheet" in req:
+            props = dict(req["addSheet"].get("properties", {}))
+            t = props.get("title") or f"Sheet{len(self.sheets) + 1}"
+            if t in self.sheets:
+                raise _Refused(f'A sheet with the name "{t}" already exists. Please enter another name.')
+            sid = props.get("sheetId")
+            if sid is not None and sid in self._sheet_ids.values():
+                raise _Refused(f"A sheet with the id {sid} already exists.")
+            self.sheets[t] = []
+            self._sheet_ids[t] = sid if sid is not None else max(self._sheet_ids.values(), default=0) + 1
+            props.update({"sheetId": self._sheet_ids[t], "title": t, "index": len(self.sheets) - 1})
+            props.setdefault("gridProperties", {"rowCount": 1000, "columnCount": 26})
+            return {"addSheet": {"properties": props}}
+        for op in ("appendCells", "updateCells"):
+            if op not in req:
+                continue
+            body = req[op]
+            sid = body.get("sheetId", (body.get("start") or {}).get("sheetId"))
+            title = next((t for t, i in self._sheet_ids.items() if i == sid), None)
+            if title is None:
+                raise _Refused(f"No grid with id: {sid}")
+            values = [[_cell_text(c) for c in (r.get("values") or [])] for r in body.get("rows", [])]
+            rows = self.sheets[title]
+            if op == "appendCells":
+                last = max((i + 1 for i, r in enumerate(rows) if any(c != "" for c in r)), default=0)
+                r0, c0 = last, 0
+            else:
+                start = body.get("start") or {}
+                r0, c0 = int(start.get("rowIndex", 0)), int(start.get("columnIndex", 0))
+            for i, vrow in enumerate(values):
+                while len(rows) <= r0 + i:
+                    rows.append([])
+                row = rows[r0 + i]
+                for j, v in enumerate(vrow):
+                    while len(row) <= c0 + j:
+                        row.append("")
+                    row[c0 + j] = v
+            return {}
+        return {}
+
     def _route(self, kind: str, method: str, rest: str, query: dict, data: dict) -> tuple[int, Any]:
         if kind == "metadata":
             return 200, {
@@ -446,27 +508,32 @@ class SheetsStandIn:
             return 200, {"spreadsheetId": self.spreadsheet_id, "tableRange": f"'{title}'!A1",
                          "updates": {"updatedRange": rng, "updatedRows": len(values)}}
         if kind == "structure":
-            replies = []
-            for req in data.get("requests", []):
-                if "addSheet" in req:
-                    props = dict(req["addSheet"].get("properties", {}))
-                    t = props.get("title") or f"Sheet{len(self.sheets) + 1}"
-                    if t in self.sheets:
-                        return 400, _error(400, f'A sheet with the name "{t}" already exists.',
-                                           "INVALID_ARGUMENT")
-                    self.set_rows(t, [])
-                    props.update({"sheetId": self._sheet_ids[t], "title": t,
-                                  "index": len(self.sheets) - 1})
-                    props.setdefault("gridProperties", {"rowCount": 1000, "columnCount": 26})
-                    replies.append({"addSheet": {"properties": props}})
-                else:
-                    replies.append({})
-            return 200, {"spreadsheetId": self.spreadsheet_id, "replies": replies}
+            saved = ({t: [list(r) for r in rows] for t, rows in self.sheets.items()}, dict(self._sheet_ids))
+            try:
+                return 200, {"spreadsheetId": self.spreadsheet_id,
+                             "replies": [self._structure(req) for req in data.get("requests", [])]}
+            except _Refused as e:  # all or nothing, as the real batchUpdate
+                self.sheets, self._sheet_ids = saved
+                return 400, _error(400, str(e), "INVALID_ARGUMENT")
         return 404, _error(404, "not found")
 
 
 class _BadRange(Exception):
     pass
+
+
+class _Refused(Exception):
+    pass
+
+
+def _cell_text(cell: dict[str, Any]) -> str:
+    v = cell.get("userEnteredValue") or {}
+    if "formulaValue" in v:
+        return "#FORMULA"
+    for k in ("stringValue", "numberValue", "boolValue"):
+        if k in v:
+            return str(v[k])
+    return ""
 
 
 def _error(code: int, message: str, status: str = "") -> dict[str, Any]:
