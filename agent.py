@@ -71,6 +71,7 @@ NUMERIC_VARS: dict[str, tuple[str, float | int | None]] = {
     "MAX_CALL_SECONDS": ("float>0", 900.0),
     "USER_AWAY_SECONDS": ("float>0", 20.0),
     "BOOKING_TIMEOUT": ("float>0", 30.0),
+    "MAX_BOOKINGS_PER_CALL": ("int>0", 3),
 }
 
 WHERE = {
@@ -198,6 +199,7 @@ class Settings:
     user_away_seconds: float
     booking_timeout: float
     shop_timezone: str
+    max_bookings_per_call: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -213,6 +215,7 @@ class Settings:
             user_away_seconds=float(_num("USER_AWAY_SECONDS", env)),
             booking_timeout=float(_num("BOOKING_TIMEOUT", env)),
             shop_timezone=(env.get("SHOP_TIMEZONE") or "").strip(),
+            max_bookings_per_call=int(_num("MAX_BOOKINGS_PER_CALL", env)),
         )
 
     def today(self) -> date:
@@ -240,19 +243,13 @@ def _transfer_uri(value: str) -> str:
     return value if value.startswith(("tel:", "sip:")) else f"tel:{value}"
 
 
-def mask_phone(number: str | None) -> str:
-    """+15551234567 -> +1******4567. Logs never carry a full caller number."""
-    if not number:
-        return "unknown"
-    n = number.strip()
-    for prefix in ("tel:", "sip:"):
-        if n.startswith(prefix):
-            n = n[len(prefix):]
-    n = n.split("@", 1)[0]
-    if len(n) <= 4:
-        return "*" * len(n)
-    head = 2 if n.startswith("+") else 0
-    return n[:head] + "*" * max(len(n) - head - 4, 2) + n[-4:]
+# One masking rule for every log line (equipment.py owns it): +15551234567 -> +1******4567.
+mask_phone = equipment.mask_phone
+
+
+def _masked(number: str | None) -> str:
+    """The masked number for a log line, or "unknown" when there is none."""
+    return mask_phone(number) if number else "unknown"
 
 
 def spell_ref(ref: str) -> str:
@@ -305,7 +302,7 @@ class CallState:
         median = f"{statistics.median(self.latencies):.2f}s" if self.latencies else "n/a"
         return (
             f"📋 Call summary: duration={duration:.0f}s reason={self.end_reason or reason} "
-            f"caller={mask_phone(self.caller_number)} turns={self.user_turns}/{self.agent_turns} "
+            f"caller={_masked(self.caller_number)} turns={self.user_turns}/{self.agent_turns} "
             f"bookings={','.join(self.booking_refs) or '-'} "
             f"callbacks={','.join(self.callback_refs) or '-'} "
             f"transferred={'yes' if self.transferred else 'no'} "
@@ -351,16 +348,24 @@ class _UnavailableInventory:
 
 
 class CallControl:
-    """Hang-up, transfer and the timers of one call. Tools reach it through the agent."""
+    """Hang-up, transfer and the timers of one call. Tools reach it through the agent.
 
-    def __init__(self, settings: Settings, call: CallState) -> None:
+    `job` is the call's JobContext (the entrypoint passes it); None means the current one
+    (`get_job_context()`), which is what the in-process tests install."""
+
+    def __init__(self, settings: Settings, call: CallState, job: Any = None) -> None:
         self.settings = settings
         self.call = call
+        self.job = job
         self.session: AgentSession | None = None
         self.tts_engine: tts.TTS | None = None
         self._ending = False
+        self._transferring = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._away_task: asyncio.Task[Any] | None = None
+
+    def _job(self) -> Any:
+        return self.job if self.job is not None else get_job_context()
 
     # -- helpers ---------------------------------------------------------------------------
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -391,7 +396,7 @@ class CallControl:
         self._ending = True
         self.call.end_reason = self.call.end_reason or reason
         logger.info(f"📴 Hanging up ({reason})")
-        job = get_job_context()
+        job = self._job()
         try:
             await asyncio.wait_for(asyncio.ensure_future(job.delete_room()), 5.0)
         except Exception as e:
@@ -404,7 +409,34 @@ class CallControl:
             return
         self._ending = True
         self.call.end_reason = self.call.end_reason or reason
-        get_job_context().shutdown(reason=reason)
+        self._job().shutdown(reason=reason)
+
+    def caller_hung_up(self, reason: str) -> None:
+        """The caller is gone (whichever of the session close or the room event says so first):
+        one log line, then the job ends. No room to delete and nobody to say goodbye to."""
+        if self._ending or self._transferring:
+            return  # we are hanging up or transferring: the caller leaving is expected
+        logger.info(f"📴 Caller hung up ({reason})")
+        self.end_job(reason)
+
+    def is_caller(self, participant: Any) -> bool:
+        if self.call.caller_identity:
+            return getattr(participant, "identity", None) == self.call.caller_identity
+        return getattr(participant, "kind", None) == rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+
+    def on_participant_disconnected(self, participant: Any) -> None:
+        """Room event `participant_disconnected`. RoomIO closes the session only for the
+        disconnect reasons CLIENT_INITIATED, ROOM_DELETED and USER_REJECTED; a caller lost to
+        SIP_TRUNK_FAILURE, MEDIA_FAILURE, CONNECTION_TIMEOUT, PARTICIPANT_REMOVED... would
+        otherwise leave the job running until MAX_CALL_SECONDS."""
+        if not self.is_caller(participant):
+            return
+        code = getattr(participant, "disconnect_reason", None)
+        try:
+            name = rtc.DisconnectReason.Name(code or rtc.DisconnectReason.UNKNOWN_REASON)
+        except (ValueError, TypeError):
+            name = str(code)
+        self.caller_hung_up(f"caller left ({name})")
 
     def hang_up_after(self, handle: Any, reason: str) -> None:
         """Hang up once `handle` (a SpeechHandle: the goodbye) has played out."""
@@ -429,21 +461,24 @@ class CallControl:
     # -- transfer --------------------------------------------------------------------------
     async def transfer(self) -> bool:
         """Cold-transfer the caller to TRANSFER_PHONE_NUMBER. True when the transfer went through."""
-        identity = self.call.caller_identity or _find_sip_identity()
+        identity = self.call.caller_identity or _find_sip_identity(self._job())
         if not self.settings.transfer_to or not identity:
             logger.warning("⚠️ Transfer not possible (no number configured or no SIP caller)")
             return False
         logger.info(f"↪️ Transferring caller to {mask_phone(self.settings.transfer_to)}")
+        self._transferring = True  # the caller leaving the room now is the transfer working
         try:
             await asyncio.wait_for(
                 asyncio.ensure_future(
-                    get_job_context().transfer_sip_participant(identity, self.settings.transfer_to)
+                    self._job().transfer_sip_participant(identity, self.settings.transfer_to)
                 ),
                 30.0,
             )
         except Exception as e:
             logger.error(f"❌ Transfer failed: {e!r}")
             return False
+        finally:
+            self._transferring = False
         self.call.transferred = True
         return True
 
@@ -532,15 +567,14 @@ class CallControl:
             self.spawn(self._recover_from_error(), "recover_from_error")
             return
         if ev.reason == CloseReason.PARTICIPANT_DISCONNECTED:
-            logger.info("📴 Caller hung up")
-            self.end_job("caller hung up")
+            self.caller_hung_up("caller hung up")
         else:
             self.end_job(f"session closed: {reason}")
 
     async def _recover_from_error(self) -> None:
         """The session is gone; speak the apology straight into the room, then transfer or hang up."""
         can_transfer = bool(self.settings.transfer_to and
-                            (self.call.caller_identity or _find_sip_identity()))
+                            (self.call.caller_identity or _find_sip_identity(self._job())))
         text = prompts.APOLOGY_TRANSFER if can_transfer else prompts.APOLOGY_HANGUP
         try:
             await asyncio.wait_for(self._speak_direct(text), 12.0)
@@ -551,24 +585,39 @@ class CallControl:
         else:
             await self.hang_up("session error")
 
-    async def _speak_direct(self, text: str) -> None:
+    async def _speak_direct(self, text: str) -> bool:
+        """Synthesise `text` with the call's TTS and play it through `open_apology_output`,
+        waiting until it has played. False when there is no voice or no room to play it in."""
         engine = self.tts_engine
-        job = get_job_context()
-        if engine is None or job.is_fake_job():
-            return
+        if engine is None:
+            return False
+        out = await self.open_apology_output(engine)
+        if out is None:
+            return False
+        async with engine.synthesize(text) as stream:
+            async for ev in stream:
+                await out.capture_frame(ev.frame)
+        await out.wait_for_playout()
+        return True
+
+    async def open_apology_output(self, engine: tts.TTS) -> Any:
+        """Where the apology plays once the session is gone: a new audio track published in the
+        room (an `rtc.AudioSource`: `capture_frame`, `wait_for_playout`). None without a room.
+        Tests replace this with a recorder."""
+        job = self._job()
+        if job.is_fake_job():
+            return None
         source = rtc.AudioSource(engine.sample_rate, engine.num_channels)
         track = rtc.LocalAudioTrack.create_audio_track("apology", source)
         opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         await job.room.local_participant.publish_track(track, opts)
-        async with engine.synthesize(text) as stream:
-            async for ev in stream:
-                await source.capture_frame(ev.frame)
-        await source.wait_for_playout()
+        return source
 
 
-def _find_sip_identity() -> str:
+def _find_sip_identity(job: Any = None) -> str:
     with contextlib.suppress(Exception):
-        for p in get_job_context().room.remote_participants.values():
+        job = job if job is not None else get_job_context()
+        for p in job.room.remote_participants.values():
             if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP:
                 return p.identity
     return ""
@@ -596,6 +645,7 @@ class RentalAgent(Agent):
         self.call = call
         self.control = control
         self._first_snapshot = first_snapshot
+        self._open_writes: set[asyncio.Future[Any]] = set()  # bookings being written (count to the cap)
         super().__init__(instructions=self.build_instructions())
 
     def build_instructions(self) -> str:
@@ -696,25 +746,48 @@ class RentalAgent(Agent):
         phone = (contact_number or "").strip() or self.call.caller_number
         if not phone:
             raise ToolError(prompts.NEED_CONTACT_NUMBER)
-        # the write must not be cut short by a barge-in (it is shielded from hang-ups anyway)
-        with contextlib.suppress(RuntimeError):
+        unit_id = equipment_id.strip()
+        # the cap is the tools' rule, not the prompt's: bookings made plus those being written
+        cap = self.settings.max_bookings_per_call
+        if len(self.call.booking_refs) + len(self._open_writes) >= cap:
+            logger.warning(f"🚫 Booking of unit {unit_id} refused: MAX_BOOKINGS_PER_CALL={cap} reached")
+            raise ToolError(prompts.booking_limit(cap))
+        # the write must not be cut short by a barge-in (it is shielded from hang-ups anyway);
+        # a turn already interrupted ("no, wait") books nothing
+        try:
             context.disallow_interruptions()
-        write = asyncio.ensure_future(self.inventory.book(
-            equipment_id.strip(), renter_name, phone, start_date, end_date,
-            self.call.call_id, today=self.settings.today(),
-        ))
+        except RuntimeError:
+            logger.info(f"🚫 Booking of unit {unit_id} not made: the caller interrupted first")
+            raise ToolError(prompts.BOOKING_INTERRUPTED) from None
+        try:
+            write: asyncio.Future[equipment.Booking] = asyncio.ensure_future(self.inventory.book(
+                unit_id, renter_name, phone, start_date, end_date,
+                self.call.call_id, today=self.settings.today(),
+            ))
+        except Exception as e:  # book() could not even be started
+            raise ToolError(await self._booking_failed(e, unit_id, renter_name, phone,
+                                                       start_date, end_date)) from None
+        self._open_writes.add(write)
         try:
             # shielded: on timeout the write carries on (it may be mid-request in a thread) and
             # is logged when it lands, rather than being cut in half
             booking = await asyncio.wait_for(asyncio.shield(write), self.settings.booking_timeout)
         except equipment.BookingRefused as refused:
-            logger.info(f"🚫 Booking refused ({refused.code}) for unit {equipment_id}")
+            self._open_writes.discard(write)
+            logger.info(f"🚫 Booking refused ({refused.code}) for unit {unit_id}")
             raise ToolError(refusal_text(refused)) from None
-        except asyncio.TimeoutError:
-            logger.error(f"❌ Booking of unit {equipment_id} still not done after "
-                         f"{self.settings.booking_timeout:.0f}s (BOOKING_TIMEOUT); left running")
-            write.add_done_callback(self._late_booking)
-            raise ToolError(prompts.BOOKING_TIMED_OUT) from None
+        except Exception as e:
+            if isinstance(e, asyncio.TimeoutError) and not write.done():
+                logger.error(f"❌ Booking of unit {unit_id} still not done after "
+                             f"{self.settings.booking_timeout:.0f}s (BOOKING_TIMEOUT); left running")
+                write.add_done_callback(self._late_booking)
+                raise ToolError(prompts.BOOKING_TIMED_OUT) from None
+            # anything else (a bug, a store error that escaped): never livekit's bare
+            # "internal error"; keep the details so staff can call back
+            self._open_writes.discard(write)
+            raise ToolError(await self._booking_failed(e, unit_id, renter_name, phone,
+                                                       start_date, end_date)) from None
+        self._open_writes.discard(write)
         self.call.booking_refs.append(booking.ref)
         state = "confirmed" if booking.confirmed else "PENDING (kept in the outbox)"
         logger.info(f"📝 Booking {booking.ref} {state}: unit {booking.equipment_id} "
@@ -732,7 +805,27 @@ class RentalAgent(Agent):
             f"that, and give the reference slowly: {spell_ref(booking.ref)}. Reference {booking.ref}."
         )
 
+    async def _booking_failed(self, error: BaseException, unit_id: str, name: str, phone: str,
+                              start_date: str, end_date: str) -> str:
+        """A booking that failed unexpectedly: one ❌ line, the request kept as a call-back for
+        staff, and what the agent should tell the caller."""
+        logger.error(f"❌ Booking of unit {unit_id} failed: {error!r}"[:300])
+        note = (f"Booking request not completed (system error): unit {unit_id}, "
+                f"{start_date} to {end_date}. Call back to confirm.")
+        try:
+            outcome, ref = await self._save_callback(name, phone, note)
+        except equipment.BookingRefused as refused:
+            outcome, ref = "failed", f"refused ({refused.code})"
+        if outcome == "saved":
+            logger.info(f"📝 Call-back request {ref} recorded for the failed booking")
+            return prompts.booking_failed_recorded(str(ref))
+        if outcome == "slow":
+            return prompts.BOOKING_FAILED_RECORD_SLOW
+        logger.warning(f"⚠️ The failed booking could not be recorded for a call-back: {ref}"[:300])
+        return prompts.booking_failed_not_recorded(bool(self.settings.transfer_to))
+
     def _late_booking(self, write: asyncio.Future[equipment.Booking]) -> None:
+        self._open_writes.discard(write)
         if write.cancelled() or write.exception() is not None:
             logger.warning(f"⚠️ Late booking did not complete: {write.exception() if not write.cancelled() else 'cancelled'!r}"[:300])
             return
@@ -740,6 +833,36 @@ class RentalAgent(Agent):
         self.call.booking_refs.append(booking.ref)
         logger.warning(f"📝 Booking {booking.ref} completed late "
                        f"({'confirmed' if booking.confirmed else 'pending'}): unit {booking.equipment_id}")
+
+    async def _save_callback(self, name: str, phone: str, note: str) -> tuple[str, str]:
+        """Record a call-back request. ("saved", ref), ("slow", "") when it is still being
+        written after BOOKING_TIMEOUT (it carries on and is logged when it lands), or
+        ("failed", why). A refusal (bad phone number...) is raised as BookingRefused."""
+        try:
+            write: asyncio.Future[str] = asyncio.ensure_future(
+                self.inventory.record_callback(name, phone, note, self.call.call_id))
+        except Exception as e:
+            return "failed", repr(e)
+        try:
+            ref = await asyncio.wait_for(asyncio.shield(write), self.settings.booking_timeout)
+        except equipment.BookingRefused:
+            raise
+        except Exception as e:
+            if isinstance(e, asyncio.TimeoutError) and not write.done():
+                logger.warning(f"⚠️ Call-back request still being saved after "
+                               f"{self.settings.booking_timeout:.0f}s (BOOKING_TIMEOUT); left running")
+                write.add_done_callback(self._late_callback)
+                return "slow", ""
+            return "failed", repr(e)
+        self.call.callback_refs.append(str(ref))
+        return "saved", str(ref)
+
+    def _late_callback(self, write: asyncio.Future[str]) -> None:
+        if write.cancelled() or write.exception() is not None:
+            logger.error(f"❌ Late call-back request did not complete: {write.exception() if not write.cancelled() else 'cancelled'!r}"[:300])
+            return
+        self.call.callback_refs.append(str(write.result()))
+        logger.info(f"📝 Call-back request {write.result()} recorded late")
 
     @function_tool()
     async def take_message(
@@ -757,16 +880,15 @@ class RentalAgent(Agent):
         if not phone:
             raise ToolError(prompts.NEED_CONTACT_NUMBER)
         try:
-            ref = await asyncio.wait_for(
-                self.inventory.record_callback(name, phone, note, self.call.call_id),
-                self.settings.booking_timeout,
-            )
-        except Exception as e:
-            logger.error(f"❌ Could not record a call-back request: {e!r}"[:300])
-            raise ToolError(
-                "The message could not be saved. Apologise and ask the caller to call back later."
-            ) from None
-        self.call.callback_refs.append(str(ref))
+            outcome, ref = await self._save_callback(name, note=note, phone=phone)
+        except equipment.BookingRefused as refused:
+            logger.info(f"🚫 Call-back request refused ({refused.code})")
+            raise ToolError(refusal_text(refused)) from None
+        if outcome == "slow":
+            raise ToolError(prompts.MESSAGE_SLOW)
+        if outcome == "failed":
+            logger.error(f"❌ Could not record a call-back request: {ref}"[:300])
+            raise ToolError(prompts.message_not_saved(bool(self.settings.transfer_to)))
         logger.info(f"📝 Call-back request {ref} recorded")
         return f"Message saved (reference {ref}). Tell the caller the shop will call them back."
 
@@ -873,11 +995,11 @@ async def identify_caller(ctx: JobContext, call: CallState, agent: RentalAgent) 
     call.dialled_number = attrs.get("sip.trunkPhoneNumber", "")
     ctx.log_context_fields = {
         **ctx.log_context_fields,
-        "caller": mask_phone(call.caller_number),
+        "caller": _masked(call.caller_number),
         "sip_call_id": call.call_id,
         "dialled": call.dialled_number,
     }
-    logger.info(f"👤 Caller {mask_phone(call.caller_number)} on {call.dialled_number or 'unknown line'} "
+    logger.info(f"👤 Caller {_masked(call.caller_number)} on {call.dialled_number or 'unknown line'} "
                 f"(sip call {call.call_id or 'n/a'})")
     if call.caller_number:
         with contextlib.suppress(Exception):
@@ -957,14 +1079,27 @@ async def start_call(session: AgentSession, agent: RentalAgent, settings: Settin
 
 
 async def entrypoint(ctx: JobContext) -> None:
-    settings = Settings.from_env()
-    call = CallState(room=ctx.room.name, call_id=ctx.room.name)
-    control = CallControl(settings, call)
-    logger.info("📞 INCOMING CALL - Entrypoint triggered")
+    await run_call(ctx, Settings.from_env())
 
-    # the inventory loads while we connect: it never sits in front of pickup
+
+@dataclass
+class Pickup:
+    """What `pick_up` leaves for the rest of the call."""
+
+    inventory: Any
+    first_snapshot: asyncio.Task[equipment.Snapshot]
+    connected: bool
+
+
+async def pick_up(ctx: Any, settings: Settings, control: CallControl,
+                  make_inventory: Callable[[], Any] | None = None) -> Pickup:
+    """Start loading the inventory, register the clean-up and the caller-left handler, then join
+    the room (bounded by ROOM_CONNECT_TIMEOUT). The load runs concurrently with the connection:
+    it never sits in front of pickup. On a failed connect: one ❌ line and the job ends."""
+    call = control.call
     try:
-        inventory: equipment.Inventory = equipment.inventory_from_env()
+        # looked up at call time (not bound as a default) so a patched module attribute counts
+        inventory = (make_inventory or equipment.inventory_from_env)()
     except Exception as e:
         logger.error(f"❌ Inventory could not be set up: {e!r}"[:300])
         inventory = _UnavailableInventory(repr(e))
@@ -976,11 +1111,14 @@ async def entrypoint(ctx: JobContext) -> None:
         if not first_snapshot.done():
             first_snapshot.cancel()
         # bookings kept in the outbox get another chance now; a dead room needs no wait
-        await inventory.close(timeout=3.0 if call.session_started else 0.5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(inventory.close(timeout=3.0 if call.session_started else 0.5), 5.0)
         logger.info(call.summary(reason))
         logger.info("✅ Ready for next call")
 
     ctx.add_shutdown_callback(on_shutdown)
+    # a caller lost to a trunk or media failure closes no session: the room event still fires
+    ctx.room.on("participant_disconnected", control.on_participant_disconnected)
 
     try:
         await asyncio.wait_for(ctx.connect(), settings.room_connect_timeout)
@@ -992,12 +1130,27 @@ async def entrypoint(ctx: JobContext) -> None:
         logger.error(f"❌ Room connection {why}; ending the job")
         call.end_reason = "room connect failed"
         ctx.shutdown(reason="room connect failed")
-        return
+        return Pickup(inventory, first_snapshot, connected=False)
+    return Pickup(inventory, first_snapshot, connected=True)
+
+
+async def run_call(ctx: Any, settings: Settings, *,
+                   make_inventory: Callable[[], Any] | None = None,
+                   make_session: Callable[..., AgentSession] | None = None) -> CallControl:
+    """One call, from dispatch to "call in progress". Every way out ends the job."""
+    call = CallState(room=ctx.room.name, call_id=ctx.room.name)
+    control = CallControl(settings, call, job=ctx)
+    logger.info("📞 INCOMING CALL - Entrypoint triggered")
+
+    pickup = await pick_up(ctx, settings, control, make_inventory)
+    if not pickup.connected:
+        return control
+    inventory = pickup.inventory
 
     try:
-        session = build_session(settings, ctx.proc.userdata, control)
+        session = (make_session or build_session)(settings, ctx.proc.userdata, control)
         agent = RentalAgent(settings=settings, inventory=inventory, call=call, control=control,
-                            first_snapshot=first_snapshot)
+                            first_snapshot=pickup.first_snapshot)
         control.attach(session)
         greeting_audio = None
         state_dir = getattr(inventory, "state_dir", None)
@@ -1014,11 +1167,12 @@ async def entrypoint(ctx: JobContext) -> None:
         call.end_reason = "session start failed"
         # the caller may be in the room: hang up rather than leave them in silence
         await control.hang_up("session start failed")
-        return
+        return control
 
     logger.info("✅ Agent session started - call in progress")
     control.spawn(identify_caller(ctx, call, agent), "identify_caller")
     control.spawn(control.max_duration_timer(), "max_duration_timer")
+    return control
 
 
 def _make_server() -> AgentServer:
@@ -1069,13 +1223,26 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def settle_outbox_at_shutdown(timeout: float = 10.0) -> None:
+def settle_outbox_at_shutdown(timeout: float = 10.0) -> int | None:
     """Last chance for bookings kept in the outbox while Sheets was down (railway.json's
-    drainingSeconds leaves room for it). Bounded; never raises."""
+    drainingSeconds leaves room for it). Bounded; never raises. Logs and returns how many
+    entries were settled (None when it could not finish)."""
+
+    async def settle() -> int:
+        inventory = equipment.inventory_from_env()
+        started = time.monotonic()
+        settled = await asyncio.wait_for(inventory.replay_outbox(), timeout)
+        # anything still pending (another process held the replay lock) gets the time left
+        await inventory.close(timeout=max(timeout - (time.monotonic() - started), 0.0))
+        return int(settled or 0)
+
     try:
-        asyncio.run(equipment.inventory_from_env().close(timeout=timeout))
+        settled = asyncio.run(settle())
     except Exception as e:
         logger.warning(f"⚠️ Outbox not settled at shutdown: {e!r}"[:300])
+        return None
+    logger.info(f"📤 Outbox at worker exit: {settled} settled")
+    return settled
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ WRAP_UP_WARNING = "Just so you know, we'll need to wrap up this call in about a 
 MAX_DURATION_GOODBYE = (
     "I'm sorry, I have to end the call now. Please call back if you need anything else. Goodbye."
 )
-GOODBYE = "Thanks for calling. Goodbye."
-TRANSFERRING = "One moment, I'm transferring you to someone at the shop."
 
 # What tools tell the model (the model turns these into speech in its own words).
 INVENTORY_UNKNOWN = (
@@ -57,6 +55,64 @@ NEED_CONTACT_NUMBER = (
     "phone number to reach them, then try again with contact_number."
 )
 END_CALL_SAY_GOODBYE = "Say a short goodbye now, one sentence. The call will then be hung up."
+BOOKING_INTERRUPTED = (
+    "The caller interrupted before the booking was made; nothing was booked. Read the booking "
+    "back again and ask for a clear yes."
+)
+
+
+def booking_limit(cap: int) -> str:
+    return (
+        f"No more bookings on this call: one phone call can make at most {cap}. Nothing more was "
+        "booked. Tell the caller that larger orders are handled by the shop's staff, and offer to "
+        "transfer them (transfer_to_staff) or take a message with what else they need "
+        "(take_message)."
+    )
+
+
+def _person_or_later(can_transfer: bool) -> str:
+    if can_transfer:
+        return "offer to put them through to someone at the shop (transfer_to_staff)."
+    return "ask them to call back a little later."
+
+
+def booking_failed_recorded(ref: str) -> str:
+    return (
+        "The booking could not be completed because of a system problem, so it is NOT booked yet. "
+        f"The request has been recorded (reference {ref}) and the shop's staff will call the "
+        "caller back to confirm it. Apologise and tell the caller exactly that; do not say it is "
+        "booked and do not give a booking reference."
+    )
+
+
+BOOKING_FAILED_RECORD_SLOW = (
+    "The booking could not be completed because of a system problem, so it is NOT booked. The "
+    "request is still being saved for a call-back and may take a moment to go through. "
+    "Apologise, tell the caller nothing is booked yet and that the shop's staff will call them "
+    "back to sort it out. Do not give a reference."
+)
+
+
+def booking_failed_not_recorded(can_transfer: bool) -> str:
+    return (
+        "The booking could not be made because of a system problem: nothing is booked, and the "
+        "request could not be saved for a call-back either. Apologise, and "
+        + _person_or_later(can_transfer)
+    )
+
+
+MESSAGE_SLOW = (
+    "The message is taking longer than usual to save; it is still going through. Tell the caller "
+    "it may take a moment to reach the shop and that staff will call them back. Do not say it "
+    "failed, and do not give a reference."
+)
+
+
+def message_not_saved(can_transfer: bool) -> str:
+    return (
+        "The message could not be saved because of a system problem. Apologise, and "
+        + _person_or_later(can_transfer)
+    )
 
 # What the model should do for each refusal code from equipment.py (tools put the code in the
 # error they return; the system prompt tells the model what to do with it).

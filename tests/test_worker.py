@@ -236,13 +236,22 @@ def test_dead_rooms_every_job_accepted_and_ended_worker_stays_registered(
     # and no job is left running in it
     assert wait_for(lambda: active_jobs(worker.port) == 0, 10), worker.diagnostics()
 
-    # the agent's own account, per job: one ❌ line, then the clean-up ending in "Ready"
+    # the agent's own account, per job: the pickup line, one ❌ line, then the clean-up with its
+    # summary line, ending in "Ready"
     records = log_records(worker.proc.log())
     for _, job in jobs:
         msgs = [r.get("message", "") for r in records if r.get("room") == job.room_name]
+        assert msgs.count("📞 INCOMING CALL - Entrypoint triggered") == 1, f"{job.room_name}: {msgs}"
         errors = [m for m in msgs if "❌" in m]
         assert len(errors) == 1, f"{job.room_name}: expected one ❌ line, got {errors}"
-        assert any("Ready for next call" in m for m in msgs), f"{job.room_name}: {msgs}"
+        summaries = [m for m in msgs if m.startswith("📋 Call summary:")]
+        assert len(summaries) == 1, f"{job.room_name}: expected one summary line, got {msgs}"
+        for part in ("duration=", "reason=room connect failed", "turns=0/0", "bookings=-",
+                     "median_latency=n/a", "usage=-"):
+            assert part in summaries[0], f"{job.room_name}: {part!r} not in {summaries[0]!r}"
+        assert "✅ Ready for next call" in msgs, f"{job.room_name}: {msgs}"
+        assert (msgs.index("📞 INCOMING CALL - Entrypoint triggered") < msgs.index(errors[0])
+                < msgs.index(summaries[0]) < msgs.index("✅ Ready for next call")), msgs
 
     _report_timings(jobs)
 
@@ -281,6 +290,8 @@ def test_idle_worker_exits_promptly_on_sigterm(worker: RunningWorker) -> None:
     elapsed = time.monotonic() - t0
     assert rc == 0, f"exit status {rc} after SIGTERM{worker.diagnostics()}"
     print(f"\nidle worker exited {elapsed:.2f}s after SIGTERM")
+    # main() settled the booking outbox on the way out (nothing was pending here)
+    assert "📤 Outbox at worker exit: 0 settled" in proc.log(), worker.diagnostics()
     # its job processes and forkserver go with it
     assert wait_for(lambda: not proc.group_alive(), 10), f"children outlived the worker{worker.diagnostics()}"
     assert worker.server.wait_disconnected(5)

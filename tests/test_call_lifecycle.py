@@ -1,0 +1,288 @@
+"""The entrypoint's own steps, driven with a fake JobContext (no media server, no worker):
+pickup (inventory load concurrent with the room connection), the caller-left room event, a
+session that never starts, caller identification from SIP attributes, and the summary line.
+
+`agent.entrypoint(ctx)` is `run_call(ctx, Settings.from_env())`; these tests call `run_call` with
+the same ctx shape and inject only the inventory and the session factory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from livekit import rtc
+from livekit.agents.metrics.usage import (
+    AgentSessionUsage,
+    LLMModelUsage,
+    STTModelUsage,
+    TTSModelUsage,
+)
+
+import agent as rental
+import equipment
+from tests.fakes.llm import Reply, call
+from tests.test_conversation import CALLER, FakeParticipant, dates, fresh_snapshot, one_output, phone_call, pick_pair
+
+SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+
+
+class FakeRoom:
+    def __init__(self, name: str = "call-room", participants: tuple[Any, ...] = ()) -> None:
+        self.name = name
+        self.handlers: dict[str, list[Any]] = {}
+        self.remote_participants = {p.identity: p for p in participants}
+
+    def on(self, event: str, callback: Any = None) -> Any:
+        self.handlers.setdefault(event, []).append(callback)
+        return callback
+
+    def emit(self, event: str, *args: Any) -> None:
+        for cb in self.handlers.get(event, []):
+            cb(*args)
+
+
+@dataclass
+class FakeCtx:
+    """The parts of a JobContext the entrypoint uses; every effect is recorded in `events`."""
+
+    room: FakeRoom = field(default_factory=FakeRoom)
+    connect_delay: float = 0.0
+    connect_hangs: bool = False
+    events: list[str] = field(default_factory=list)
+    shutdowns: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    callbacks: list[Any] = field(default_factory=list)
+    log_context_fields: dict[str, Any] = field(default_factory=dict)
+    proc: Any = field(default_factory=lambda: SimpleNamespace(userdata={}))
+
+    async def connect(self) -> None:
+        self.events.append("connect started")
+        if self.connect_hangs:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.connect_delay)
+        self.events.append("connect returned")
+
+    def add_shutdown_callback(self, cb: Any) -> None:
+        self.callbacks.append(cb)
+
+    def shutdown(self, reason: str = "") -> None:
+        self.events.append("shutdown")
+        self.shutdowns.append(reason)
+
+    def delete_room(self, room_name: str | None = None) -> asyncio.Future[None]:
+        self.events.append("delete")
+        self.deleted.append(room_name or self.room.name)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    def is_fake_job(self) -> bool:
+        return True
+
+    async def wait_for_participant(self, **_: Any) -> Any:
+        await asyncio.Event().wait()
+
+    async def run_shutdown(self, reason: str) -> None:
+        """What the framework does after ctx.shutdown: the shutdown callbacks, in order."""
+        for cb in self.callbacks:
+            await asyncio.wait_for(cb(reason), 10)
+
+
+class SpyInventory:
+    """An inventory that records when its snapshot is asked for (against the ctx's events)."""
+
+    def __init__(self, ctx: FakeCtx) -> None:
+        self.ctx = ctx
+        self.closed: list[float] = []
+
+    async def snapshot(self) -> equipment.Snapshot:
+        self.ctx.events.append("snapshot called")
+        return equipment.Snapshot(units=None, age=None, source="none")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        self.closed.append(timeout)
+
+
+class HangingSession:
+    """A session whose start never returns (a provider plugin stuck while starting)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    def on(self, *_: Any) -> None:
+        pass
+
+    async def start(self, **_: Any) -> None:
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+def settings(**env: str) -> rental.Settings:
+    return rental.Settings.from_env({"BUSINESS_NAME": "Acme Rentals", **env})
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "rental-agent"]
+
+
+# --------------------------------------------------------------------------------------------
+
+
+async def test_the_inventory_starts_loading_before_the_room_connection_returns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rental-agent")
+    ctx = FakeCtx(connect_delay=0.5)
+    inventory = SpyInventory(ctx)
+    session = HangingSession()
+    task = asyncio.create_task(rental.run_call(
+        ctx, settings(SESSION_START_TIMEOUT="30"),
+        make_inventory=lambda: inventory, make_session=lambda *a: session))
+    await asyncio.wait_for(session.started.wait(), 5)
+    assert "📞 INCOMING CALL - Entrypoint triggered" in messages(caplog)
+    assert ctx.events[:3] in (["snapshot called", "connect started", "connect returned"],
+                              ["connect started", "snapshot called", "connect returned"]), ctx.events
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_room_that_never_answers_ends_the_job_and_logs_the_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rental-agent")
+    ctx = FakeCtx(connect_hangs=True)
+    inventory = SpyInventory(ctx)
+    t0 = time.monotonic()
+    await asyncio.wait_for(rental.run_call(ctx, settings(ROOM_CONNECT_TIMEOUT="0.3"),
+                                           make_inventory=lambda: inventory), 5)
+    assert time.monotonic() - t0 < 0.3 + 3
+    assert ctx.events.index("snapshot called") < ctx.events.index("shutdown")
+    assert ctx.shutdowns == ["room connect failed"] and ctx.deleted == []
+    await ctx.run_shutdown("room connect failed")
+    msgs = messages(caplog)
+    assert [m for m in msgs if "❌" in m] == [
+        "❌ Room connection timed out after 0.3s (ROOM_CONNECT_TIMEOUT); ending the job"]
+    summary = [m for m in msgs if m.startswith("📋 Call summary")]
+    assert len(summary) == 1 and "reason=room connect failed" in summary[0]
+    assert msgs[-1] == "✅ Ready for next call"
+    assert inventory.closed == [0.5], "a dead room needs no wait at clean-up"
+
+
+async def test_a_session_that_never_starts_hangs_up_and_ends_the_job(
+    caplog: pytest.LogCaptureFixture, csv_env: dict[str, str],
+) -> None:
+    caplog.set_level(logging.INFO, logger="rental-agent")
+    ctx = FakeCtx()
+    session = HangingSession()
+    t0 = time.monotonic()
+    await asyncio.wait_for(rental.run_call(
+        ctx, settings(SESSION_START_TIMEOUT="0.5"),
+        make_inventory=lambda: equipment.inventory_from_env(csv_env),
+        make_session=lambda *a: session), 10)
+    elapsed = time.monotonic() - t0
+    assert session.started.is_set()
+    assert 0.4 < elapsed < 0.5 + 3, elapsed
+    # the caller is hung up on (room deleted), then the job ends
+    assert ctx.deleted == ["call-room"] and ctx.shutdowns == ["session start failed"]
+    assert ctx.events.index("delete") < ctx.events.index("shutdown")
+    await ctx.run_shutdown("session start failed")
+    msgs = messages(caplog)
+    errors = [m for m in msgs if "❌" in m]
+    assert errors == ["❌ Agent session start timed out after 0.5s (SESSION_START_TIMEOUT); hanging up"]
+    assert any(m.startswith("📋 Call summary") and "reason=session start failed" in m for m in msgs)
+    assert "✅ Agent session started - call in progress" not in msgs
+
+
+async def test_the_entrypoint_ends_the_job_when_the_caller_is_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The participant_disconnected handler is registered on the room by the entrypoint itself."""
+    caplog.set_level(logging.INFO, logger="rental-agent")
+    ctx = FakeCtx()
+    session = HangingSession()
+    task = asyncio.create_task(rental.run_call(
+        ctx, settings(SESSION_START_TIMEOUT="30"),
+        make_inventory=lambda: SpyInventory(ctx), make_session=lambda *a: session))
+    await asyncio.wait_for(session.started.wait(), 5)
+    ctx.room.emit("participant_disconnected", FakeParticipant(
+        "sip_caller", disconnect_reason=rtc.DisconnectReason.MEDIA_FAILURE))
+    assert ctx.shutdowns == ["caller left (MEDIA_FAILURE)"] and ctx.deleted == []
+    assert [m for m in messages(caplog) if "📴" in m] == ["📴 Caller hung up (caller left (MEDIA_FAILURE))"]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_identify_caller_masks_the_logs_and_offers_the_number_for_bookings(
+    csv_env: dict[str, str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    unit, _ = pick_pair(await fresh_snapshot(csv_env))
+    start, end = dates()
+    inventory = equipment.inventory_from_env(csv_env)
+    real_book = inventory.book
+    phones: list[str] = []
+
+    async def spy_book(equipment_id: str, renter_name: str, renter_phone: str, *a: Any, **k: Any) -> Any:
+        phones.append(renter_phone)
+        return await real_book(equipment_id, renter_name, renter_phone, *a, **k)
+
+    inventory.book = spy_book  # type: ignore[method-assign]
+    sip = FakeParticipant("sip_caller_1", attributes={
+        "sip.phoneNumber": CALLER, "sip.callID": "SCL_abc123", "sip.trunkPhoneNumber": "+15550009999"})
+    web = FakeParticipant("observer", kind=rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+                          attributes={"sip.phoneNumber": "+19998887777"})
+    ctx = FakeCtx(room=FakeRoom(participants=(web, sip)))
+    ctx.log_context_fields = {"job_tag": "kept"}
+    async with phone_call(inventory, caller=None) as c:
+        await rental.identify_caller(ctx, c.state, c.agent)  # type: ignore[arg-type]
+        assert ctx.log_context_fields == {"job_tag": "kept", "caller": "+1******4567",
+                                          "sip_call_id": "SCL_abc123", "dialled": "+15550009999"}
+        assert c.state.caller_number == CALLER and c.state.caller_identity == "sip_caller_1"
+        assert c.state.call_id == "SCL_abc123" and c.state.dialled_number == "+15550009999"
+        assert "ending in 4567" in c.agent.instructions
+        # booked with no contact number given: the caller ID is the default
+        result = await c.say("Book it.", Reply(tool_calls=[call(
+            "book_equipment", equipment_id=unit.id, renter_name="Dana Smith",
+            start_date=start, end_date=end)]), Reply("Done."))
+        assert not one_output(result, "book_equipment").is_error
+        assert phones == [CALLER]
+        assert CALLER not in c.state.summary("test")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "+1******4567" in logged and CALLER not in logged and "5551234567" not in logged
+
+
+def test_the_call_summary_line_carries_every_field() -> None:
+    state = rental.CallState(room="r", caller_number=CALLER)
+    state.started_at = time.monotonic() - 42.2
+    state.user_turns, state.agent_turns = 3, 4
+    state.booking_refs = ["R7K3QX", "Q2W3E4"]
+    state.callback_refs = ["C9D8E7"]
+    state.usage = AgentSessionUsage(model_usage=[
+        LLMModelUsage(provider="openai", model="gpt-4o", input_tokens=1200, output_tokens=80),
+        TTSModelUsage(provider="deepgram", model="aura-2", characters_count=340),
+        STTModelUsage(provider="deepgram", model="nova-3", audio_duration=41.6),
+    ])
+    control = rental.CallControl(settings(), state)
+    for latency in (0.8, 2.0, 1.2):  # as conversation_item_added delivers them
+        control._on_item(SimpleNamespace(item=SimpleNamespace(role="assistant",
+                                                              metrics={"e2e_latency": latency})))
+    control._on_item(SimpleNamespace(item=SimpleNamespace(role="user", metrics={})))
+    assert state.agent_turns == 7 and state.user_turns == 4
+
+    line = state.summary("job ended")
+    assert line.startswith("📋 Call summary: duration=42s reason=job ended ")
+    for part in ("caller=+1******4567", "turns=4/7", "bookings=R7K3QX,Q2W3E4", "callbacks=C9D8E7",
+                 "transferred=no", "median_latency=1.20s",
+                 "usage=llm[gpt-4o]=1200in/80out,tts[aura-2]=340ch,stt[nova-3]=42s"):
+        assert part in line, (part, line)
+    assert CALLER not in line
+    state.end_reason = "caller hung up"
+    assert "reason=caller hung up " in state.summary("job ended")
+    empty = rental.CallState(room="r").summary("room connect failed")
+    for part in ("caller=unknown", "turns=0/0", "bookings=-", "median_latency=n/a", "usage=-"):
+        assert part in empty, (part, empty)
