@@ -947,7 +947,30 @@ def prewarm(proc: JobProcess) -> None:
         proc.userdata["turn_detector"] = inference.TurnDetector(version="v1-mini")
     except Exception as e:  # the call still works with VAD-only turn taking
         logger.warning(f"⚠️ Turn detector not loaded, using VAD end-of-turn: {e!r}")
+    # the CA bundle too (~20 ms, no network): loaded per client it would sit in front of pickup
+    import httpx2
+
+    proc.userdata["tls"] = httpx2.create_ssl_context()
     logger.debug("prewarm done", extra={"elapsed": round(time.perf_counter() - started, 3)})
+
+
+def openai_client(tls: Any = None) -> Any:
+    """One OpenAI client for both LLMs and the TTS, on the TLS context loaded in prewarm. Left to
+    themselves the plugins build a client each, and each loads the CA bundle again: ~60 ms in
+    front of the greeting. Timeouts and pool limits are the plugins' own defaults."""
+    import httpx2
+    import openai as openai_sdk
+
+    return openai_sdk.AsyncClient(
+        max_retries=0,
+        http_client=httpx2.AsyncClient(
+            verify=tls if tls is not None else True,
+            timeout=httpx2.Timeout(connect=15.0, read=5.0, write=5.0, pool=5.0),
+            follow_redirects=True,
+            limits=httpx2.Limits(max_connections=50, max_keepalive_connections=50,
+                                 keepalive_expiry=120),
+        ),
+    )
 
 
 def build_session(settings: Settings, userdata: Mapping[str, Any], control: CallControl) -> AgentSession:
@@ -955,10 +978,12 @@ def build_session(settings: Settings, userdata: Mapping[str, Any], control: Call
     this call, not the worker), and make no network request until used."""
     from livekit.plugins import deepgram, openai
 
+    client = openai_client(userdata.get("tls"))
     fallback_llm = llm.FallbackAdapter(
-        [openai.LLM(model=settings.llm_model), openai.LLM(model="gpt-4o-mini")]
+        [openai.LLM(model=settings.llm_model, client=client),
+         openai.LLM(model="gpt-4o-mini", client=client)]
     )
-    voices: list[tts.TTS] = [deepgram.TTS(), openai.TTS()]
+    voices: list[tts.TTS] = [deepgram.TTS(), openai.TTS(client=client)]
     if settings.tts_provider == "openai":
         voices.reverse()
     speech = tts.FallbackAdapter(voices)

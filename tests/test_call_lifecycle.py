@@ -286,3 +286,29 @@ def test_the_call_summary_line_carries_every_field() -> None:
     empty = rental.CallState(room="r").summary("room connect failed")
     for part in ("caller=unknown", "turns=0/0", "bookings=-", "median_latency=n/a", "usage=-"):
         assert part in empty, (part, empty)
+
+
+def test_one_openai_client_on_the_prewarmed_tls_context(monkeypatch) -> None:
+    """Both LLMs and the OpenAI voice share one client built on the TLS context that prewarm
+    loaded: a client per plugin reloads the CA bundle each time, in front of the greeting."""
+    import ssl
+
+    from livekit.plugins import openai as lk_openai
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-dummy")
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-test-dummy")
+
+    class Proc:
+        userdata: dict = {}
+
+    rental.prewarm(Proc)  # type: ignore[arg-type]
+    tls = Proc.userdata["tls"]
+    assert isinstance(tls, ssl.SSLContext)
+
+    settings = rental.Settings.from_env({})
+    session = rental.build_session(settings, Proc.userdata,
+                                   rental.CallControl(settings, rental.CallState()))
+    llms = session.llm._llm_instances  # type: ignore[union-attr]
+    voices = [v for v in session.tts._tts_instances if isinstance(v, lk_openai.TTS)]  # type: ignore[union-attr]
+    clients = {id(m._client) for m in [*llms, *voices]}
+    assert len(llms) == 2 and len(voices) == 1 and len(clients) == 1
