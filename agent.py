@@ -50,6 +50,11 @@ from livekit.agents import (
 )
 from livekit.agents.voice.events import CloseReason
 
+# Imported here, not inside the call: plugins imported at module level register in the worker,
+# which then preloads them in its forkserver for every job process. Imported lazily they cost
+# ~1 s of dead air at pickup (the openai plugin pulls in the whole SDK).
+from livekit.plugins import deepgram, openai, silero
+
 import equipment
 import prompts
 
@@ -936,8 +941,6 @@ def prewarm(proc: JobProcess) -> None:
     """Synchronous, models only, no network. VAD from the silero wheel (~0.1 s); the end-of-turn
     model's weights are compiled into livekit-local-inference (no hub download): init_eot() is a
     no-op when the forkserver already preloaded them, ~0.7 s otherwise."""
-    from livekit.plugins import silero
-
     started = time.perf_counter()
     proc.userdata["vad"] = silero.VAD.load()
     try:
@@ -976,8 +979,6 @@ def openai_client(tls: Any = None) -> Any:
 def build_session(settings: Settings, userdata: Mapping[str, Any], control: CallControl) -> AgentSession:
     """The production pipeline. Plugins are built here, inside the call (a missing key fails
     this call, not the worker), and make no network request until used."""
-    from livekit.plugins import deepgram, openai
-
     client = openai_client(userdata.get("tls"))
     fallback_llm = llm.FallbackAdapter(
         [openai.LLM(model=settings.llm_model, client=client),

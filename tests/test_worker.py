@@ -193,6 +193,13 @@ def test_worker_registers_and_serves_health(worker: RunningWorker) -> None:
     info = json.loads(body)
     assert info["agent_name"] == "equipment-rental"
 
+    # the provider plugins are preloaded in the forkserver, so no call imports them at pickup
+    preload = [r for r in log_records(worker.proc.log()) if r.get("message") == "preloading plugins"]
+    assert preload, worker.diagnostics()
+    missing = {"livekit.plugins.deepgram", "livekit.plugins.openai", "livekit.plugins.silero"} \
+        - set(preload[0].get("packages", []))
+    assert not missing, f"not preloaded for job processes: {missing}"
+
 
 # --------------------------------------------------------------------------- dead rooms
 
