@@ -1149,15 +1149,18 @@ async def pick_up(ctx: Any, settings: Settings, control: CallControl,
     try:
         await asyncio.wait_for(ctx.connect(), settings.room_connect_timeout)
     except Exception as e:
-        if isinstance(e, asyncio.TimeoutError):
-            why = f"timed out after {settings.room_connect_timeout:g}s (ROOM_CONNECT_TIMEOUT)"
-        else:
-            why = f"failed: {e!r}"[:240]
+        why = _failure(e, settings.room_connect_timeout, "ROOM_CONNECT_TIMEOUT")
         logger.error(f"❌ Room connection {why}; ending the job")
         call.end_reason = "room connect failed"
         ctx.shutdown(reason="room connect failed")
         return Pickup(inventory, first_snapshot, connected=False)
     return Pickup(inventory, first_snapshot, connected=True)
+
+
+def _failure(e: BaseException, timeout: float, setting: str) -> str:
+    if isinstance(e, asyncio.TimeoutError):
+        return f"timed out after {timeout:g}s ({setting})"
+    return f"failed: {e!r}"[:240]
 
 
 async def run_call(ctx: Any, settings: Settings, *,
@@ -1185,10 +1188,7 @@ async def run_call(ctx: Any, settings: Settings, *,
                                            control.tts_engine, settings.tts_provider)
         await start_call(session, agent, settings, room=ctx.room, greeting_audio=greeting_audio)
     except Exception as e:
-        if isinstance(e, asyncio.TimeoutError):
-            why = f"timed out after {settings.session_start_timeout:g}s (SESSION_START_TIMEOUT)"
-        else:
-            why = f"failed: {e!r}"[:240]
+        why = _failure(e, settings.session_start_timeout, "SESSION_START_TIMEOUT")
         logger.error(f"❌ Agent session start {why}; hanging up")
         call.end_reason = "session start failed"
         # the caller may be in the room: hang up rather than leave them in silence

@@ -13,7 +13,6 @@ Measured from the stand-in's own protocol timestamps:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -45,17 +44,6 @@ def worker_env(srv: DispatchServer, sheets: Sheets, state_dir: Path) -> dict[str
         ROOM_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT), PORT=str(free_port()), PYTHONUNBUFFERED="1",
     )
     return env
-
-
-def _log_records(text: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
 
 
 def _mem(p: psutil.Process) -> dict:
@@ -110,7 +98,7 @@ def _wait_idle_ready(proc, n: int, timeout: float = 30.0) -> tuple[list[float], 
     deadline = time.monotonic() + timeout
     recs: list = []
     while time.monotonic() < deadline:
-        recs = [r for r in _log_records(proc.log()) if r.get("message") == "process initialized"]
+        recs = [r for r in proc.records() if r.get("message") == "process initialized"]
         if len(recs) >= n:
             break
         time.sleep(0.1)

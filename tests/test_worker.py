@@ -33,6 +33,7 @@ from tests.fakes.dispatch_server import (
     DispatchServer,
     HangingListener,
     free_port,
+    log_records,
     refusing_url,
 )
 
@@ -112,18 +113,6 @@ def wait_for(pred, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return pred()
-
-
-def log_records(text: str) -> list[dict]:
-    """The JSON log records of a ``start`` worker (job-process records carry ``room``)."""
-    out = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
 
 
 def tail(text: str, n: int = 40) -> str:

@@ -53,6 +53,8 @@ group on exit).
 
 from __future__ import annotations
 
+import json
+
 import asyncio
 import contextlib
 import dataclasses
@@ -739,6 +741,10 @@ class AgentProcess:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
+    def records(self) -> list[dict]:
+        """The JSON log records printed so far (``start`` logs JSON lines)."""
+        return log_records(self.log())
+
     def poll(self) -> int | None:
         return self.proc.poll()
 
@@ -777,3 +783,15 @@ class AgentProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def log_records(text: str) -> list[dict]:
+    """The JSON log records in a ``start`` worker's output (job-process records carry ``room``)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
