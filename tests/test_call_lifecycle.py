@@ -288,7 +288,7 @@ def test_the_call_summary_line_carries_every_field() -> None:
         assert part in empty, (part, empty)
 
 
-def test_one_openai_client_on_the_prewarmed_tls_context(monkeypatch) -> None:
+async def test_one_openai_client_on_the_prewarmed_tls_context(monkeypatch) -> None:
     """Both LLMs and the OpenAI voice share one client built on the TLS context that prewarm
     loaded: a client per plugin reloads the CA bundle each time, in front of the greeting."""
     import ssl
