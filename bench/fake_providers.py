@@ -1,6 +1,6 @@
 """Fake providers for running a real AgentSession in-process with no network and no room:
-a TTS that returns 0.5 s of silence at once, and an audio output that records when the first
-frame arrives. The LLM is the project's scripted one (tests/fakes/llm.py) when present.
+the tests' TTS stand-in (tests/fakes/tts.py: 0.5 s of audio at once), and an audio output that
+records when the first frame arrives. The LLM is the project's scripted one (tests/fakes/llm.py) when present.
 
 The pickup measurements only need "the greeting is queued" (session.say() returned a handle)
 and "its first audio frame reached the output"; neither depends on what the audio contains.
@@ -10,37 +10,9 @@ from __future__ import annotations
 
 import time
 
-from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, tts
 from livekit.agents.voice import io as vio
 
-SAMPLE_RATE = 24000
-
-
-class FakeTTS(tts.TTS):
-    def __init__(self) -> None:
-        super().__init__(capabilities=tts.TTSCapabilities(streaming=False),
-                         sample_rate=SAMPLE_RATE, num_channels=1)
-        self.requests = 0
-
-    @property
-    def model(self) -> str:
-        return "fake-tts"
-
-    @property
-    def provider(self) -> str:
-        return "bench"
-
-    def synthesize(self, text, *, conn_options=DEFAULT_API_CONNECT_OPTIONS):  # type: ignore[override]
-        self.requests += 1
-        return _FakeChunked(tts=self, input_text=text, conn_options=conn_options)
-
-
-class _FakeChunked(tts.ChunkedStream):
-    async def _run(self, output_emitter) -> None:  # type: ignore[override]
-        output_emitter.initialize(request_id="bench", sample_rate=SAMPLE_RATE, num_channels=1,
-                                  mime_type="audio/pcm")
-        output_emitter.push(b"\x00\x00" * (SAMPLE_RATE // 2))  # 0.5 s of silence
-        output_emitter.flush()
+from tests.fakes.tts import SAMPLE_RATE, FakeTTS  # noqa: F401  (re-exported for the bench parts)
 
 
 class FakeAudioOutput(vio.AudioOutput):

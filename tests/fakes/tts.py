@@ -3,6 +3,7 @@ recording can be told apart from nothing), and counts the requests it was sent."
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 
@@ -12,6 +13,7 @@ from livekit.agents.voice import io as vio
 SAMPLE_RATE = 24000
 
 
+@functools.lru_cache(maxsize=8)
 def tone(seconds: float = 0.5, hz: float = 440.0) -> bytes:
     n = int(SAMPLE_RATE * seconds)
     return b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * hz * i / SAMPLE_RATE)))
