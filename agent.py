@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -364,6 +365,9 @@ class CallControl:
         self.job = job
         self.session: AgentSession | None = None
         self.tts_engine: tts.TTS | None = None
+        # the greeting is cached from this voice alone: through the fallback adapter a voice
+        # failing mid-sentence yields a cut-off clip, or the other voice under this one's name
+        self.primary_voice: tts.TTS | None = None
         self._ending = False
         self._transferring = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -776,7 +780,7 @@ class RentalAgent(Agent):
         try:
             # shielded: on timeout the write carries on (it may be mid-request in a thread) and
             # is logged when it lands, rather than being cut in half
-            booking = await asyncio.wait_for(asyncio.shield(write), self.settings.booking_timeout)
+            booking = await wait_for_write(write, self.settings.booking_timeout)
         except equipment.BookingRefused as refused:
             self._open_writes.discard(write)
             logger.info(f"🚫 Booking refused ({refused.code}) for unit {unit_id}")
@@ -785,7 +789,8 @@ class RentalAgent(Agent):
             if isinstance(e, asyncio.TimeoutError) and not write.done():
                 logger.error(f"❌ Booking of unit {unit_id} still not done after "
                              f"{self.settings.booking_timeout:.0f}s (BOOKING_TIMEOUT); left running")
-                write.add_done_callback(self._late_booking)
+                write.add_done_callback(functools.partial(
+                    self._late_booking, details=(unit_id, renter_name, phone, start_date, end_date)))
                 raise ToolError(prompts.BOOKING_TIMED_OUT) from None
             # anything else (a bug, a store error that escaped): never livekit's bare
             # "internal error"; keep the details so staff can call back
@@ -829,10 +834,14 @@ class RentalAgent(Agent):
         logger.warning(f"⚠️ The failed booking could not be recorded for a call-back: {ref}"[:300])
         return prompts.booking_failed_not_recorded(bool(self.settings.transfer_to))
 
-    def _late_booking(self, write: asyncio.Future[equipment.Booking]) -> None:
+    def _late_booking(self, write: asyncio.Future[equipment.Booking],
+                      details: tuple[str, str, str, str, str]) -> None:
         self._open_writes.discard(write)
         if write.cancelled() or write.exception() is not None:
-            logger.warning(f"⚠️ Late booking did not complete: {write.exception() if not write.cancelled() else 'cancelled'!r}"[:300])
+            error = write.exception() if not write.cancelled() else asyncio.CancelledError()
+            logger.warning(f"⚠️ Late booking did not complete: {error!r}"[:300])
+            # the caller was told the shop will call to confirm: make sure staff know to
+            self.control.spawn(self._booking_failed(error, *details), "late_booking_callback")
             return
         booking = write.result()
         self.call.booking_refs.append(booking.ref)
@@ -849,7 +858,7 @@ class RentalAgent(Agent):
         except Exception as e:
             return "failed", repr(e)
         try:
-            ref = await asyncio.wait_for(asyncio.shield(write), self.settings.booking_timeout)
+            ref = await wait_for_write(write, self.settings.booking_timeout)
         except equipment.BookingRefused:
             raise
         except Exception as e:
@@ -989,6 +998,7 @@ def build_session(settings: Settings, userdata: Mapping[str, Any], control: Call
         voices.reverse()
     speech = tts.FallbackAdapter(voices)
     control.tts_engine = speech
+    control.primary_voice = voices[0]
     detector = userdata.get("turn_detector")
     turn_handling: dict[str, Any] = {"turn_detection": detector if detector is not None else "vad"}
     return AgentSession(
@@ -1081,6 +1091,17 @@ class GreetingAudio:
         logger.info(f"🎙️ Greeting audio rendered for later calls ({len(pcm) / (2 * channels * rate):.1f}s)")
 
 
+async def wait_for_write(write: asyncio.Future[Any], timeout: float) -> Any:
+    """Waits up to `timeout` for a shielded write. A write that finished just as the timeout
+    fired counts with its own outcome (result or error), not as "still running"."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(write), timeout)
+    except asyncio.TimeoutError:
+        if write.done() and not write.cancelled():
+            return write.result()
+        raise
+
+
 async def _replay(frames: list[rtc.AudioFrame]) -> AsyncIterator[rtc.AudioFrame]:
     for frame in frames:
         yield frame
@@ -1137,8 +1158,10 @@ async def pick_up(ctx: Any, settings: Settings, control: CallControl,
         if not first_snapshot.done():
             first_snapshot.cancel()
         # bookings kept in the outbox get another chance now; a dead room needs no wait
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(inventory.close(timeout=3.0 if call.session_started else 0.5), 5.0)
+        except Exception as e:
+            logger.warning(f"⚠️ Inventory not closed cleanly at call end: {e!r}"[:300])
         logger.info(call.summary(reason))
         logger.info("✅ Ready for next call")
 
@@ -1183,9 +1206,9 @@ async def run_call(ctx: Any, settings: Settings, *,
         control.attach(session)
         greeting_audio = None
         state_dir = getattr(inventory, "state_dir", None)
-        if control.tts_engine is not None and state_dir is not None:
+        if control.primary_voice is not None and state_dir is not None:
             greeting_audio = GreetingAudio(state_dir, prompts.greeting(settings.business_name),
-                                           control.tts_engine, settings.tts_provider)
+                                           control.primary_voice, settings.tts_provider)
         await start_call(session, agent, settings, room=ctx.room, greeting_audio=greeting_audio)
     except Exception as e:
         why = _failure(e, settings.session_start_timeout, "SESSION_START_TIMEOUT")

@@ -71,6 +71,7 @@ def _patch(agent_mod, equipment_mod) -> None:
         control = a[2] if len(a) > 2 else kw.get("control")
         if control is not None and hasattr(control, "tts_engine"):
             control.tts_engine = fake
+            control.primary_voice = fake
         return session
 
     if orig_build is not None:  # timing marks only; the TTS swap also happens in start()

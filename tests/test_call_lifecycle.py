@@ -312,3 +312,39 @@ async def test_one_openai_client_on_the_prewarmed_tls_context(monkeypatch) -> No
     voices = [v for v in session.tts._tts_instances if isinstance(v, lk_openai.TTS)]  # type: ignore[union-attr]
     clients = {id(m._client) for m in [*llms, *voices]}
     assert len(llms) == 2 and len(voices) == 1 and len(clients) == 1
+
+
+async def test_a_write_that_lands_as_the_timeout_fires_keeps_its_own_outcome() -> None:
+    """A booking written just as BOOKING_TIMEOUT fires is a booking: the caller must not be
+    told "NOT booked" (nor a refusal be taken for a timeout)."""
+    loop = asyncio.get_running_loop()
+    refused = equipment.BookingRefused("just_taken", "Someone just booked it.")
+    for outcome in ("R7K3QX", refused):
+        for _ in range(20):
+            write = loop.create_future()
+            waiting = asyncio.ensure_future(rental.wait_for_write(write, 0.01))
+            await asyncio.sleep(0)  # the timeout is armed before the write lands
+            land = (write.set_exception if isinstance(outcome, Exception) else write.set_result)
+            loop.call_later(0.01, lambda w=write, f=land: w.done() or f(outcome))
+            if isinstance(outcome, Exception):
+                with pytest.raises(equipment.BookingRefused):
+                    await waiting
+            else:
+                assert await waiting == outcome
+
+
+@pytest.mark.parametrize("provider", ["deepgram", "openai"])
+async def test_the_greeting_is_cached_from_the_chosen_voice_alone(monkeypatch, provider: str) -> None:
+    """Rendered through the fallback adapter, a voice failing mid-sentence would leave a cut-off
+    clip, or the other voice's greeting under this one's name, for every later caller."""
+    from livekit.plugins import deepgram as lk_deepgram
+    from livekit.plugins import openai as lk_openai
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-dummy")
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-test-dummy")
+    settings = rental.Settings.from_env({"TTS_PROVIDER": provider})
+    control = rental.CallControl(settings, rental.CallState())
+    rental.build_session(settings, {}, control)
+    expected = lk_deepgram.TTS if provider == "deepgram" else lk_openai.TTS
+    assert isinstance(control.primary_voice, expected)
+    assert control.tts_engine is not control.primary_voice  # the call itself keeps its fallback

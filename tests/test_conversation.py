@@ -872,3 +872,27 @@ async def test_session_error_apology_is_spoken_before_the_hang_up_or_transfer(
         first_action = "transfer" if transfer else "delete"
         assert c.job.events.index("apology played") < c.job.events.index(first_action), c.job.events
         assert c.job.deleted, "the caller must not be left in a silent room"
+
+
+async def test_a_booking_that_fails_after_the_timeout_still_leaves_a_call_back(
+    csv_env: dict[str, str],
+) -> None:
+    """Past BOOKING_TIMEOUT the caller is told the shop will call to confirm; if the write then
+    fails, staff must get a call-back request, not just a log line."""
+    unit, _ = pick_pair(await fresh_snapshot(csv_env))
+    inventory = equipment.inventory_from_env(csv_env)
+
+    async def slow_then_broken(*_a: Any, **_k: Any) -> Any:
+        await asyncio.sleep(0.6)
+        raise _Boom("gspread exploded late")
+
+    inventory.book = slow_then_broken  # type: ignore[method-assign]
+    async with phone_call(inventory, env={"BOOKING_TIMEOUT": "0.2"}) as c:
+        result = await c.say("Yes, book it.", book_step(unit), Reply("The shop will call you."))
+        out = one_output(result, "book_equipment")
+        assert out.is_error and prompts.BOOKING_TIMED_OUT in out.output
+        assert c.state.callback_refs == []
+        deadline = time.monotonic() + 5
+        while not c.state.callback_refs and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    assert c.state.callback_refs[0] in inventory.store.log_refs()
