@@ -911,6 +911,9 @@ def _describe(e: BaseException) -> str:
 
 SNAPSHOT_FILE = "equipment-snapshot.json"
 OUTBOX_FILE = "outbox.jsonl"
+OUTBOX_MAX_ATTEMPTS = 5  # failed replays (not outages) of one entry before it is settled "failed"
+OUTBOX_COMPACT_LINES = 200  # settled lines that trigger a rewrite even when they are not a majority
+_OUTBOX_MARKS = ("settled", "attempt")  # bookkeeping lines, not work to replay
 
 
 class CachedInventory:
@@ -1071,9 +1074,11 @@ class CachedInventory:
             logger.info("Equipment loaded successfully: %d items", len(units))
             if self._outbox_pending():
                 try:
-                    self._replay_sync()
+                    self._replay_sync()  # compacts the outbox too
                 except Exception as e:  # noqa: BLE001 - the refresh itself succeeded
                     logger.warning("Outbox replay after refresh failed: %s", e)
+            else:
+                self._compact_quietly()  # settled bookings only: keep the file small
             return "loaded"
         finally:
             lock.release()
@@ -1166,10 +1171,63 @@ class CachedInventory:
                 logger.warning("Outbox: skipping a damaged line")
         return out
 
-    def _outbox_pending(self) -> list[dict[str, Any]]:
-        entries = self._outbox_entries()
+    def _outbox_pending(self, entries: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        entries = self._outbox_entries() if entries is None else entries
         settled = {e.get("ref") for e in entries if e.get("op") == "settled"}
-        return [e for e in entries if e.get("op") != "settled" and e.get("ref") not in settled]
+        return [e for e in entries if e.get("op") not in _OUTBOX_MARKS and e.get("ref") not in settled]
+
+    @staticmethod
+    def _outbox_attempts(entries: list[dict[str, Any]]) -> dict[str, int]:
+        """ref -> failed replay attempts so far (the highest `attempt` count recorded)."""
+        out: dict[str, int] = {}
+        for e in entries:
+            if e.get("op") == "attempt":
+                try:
+                    out[e.get("ref")] = max(out.get(e.get("ref"), 0), int(e.get("count", 0)))
+                except (TypeError, ValueError):
+                    pass
+        return out
+
+    def _compact_outbox(self, force: bool = False) -> bool:
+        """Rewrites the outbox keeping only unsettled entries (and their latest attempt count),
+        when settled lines are a majority or above OUTBOX_COMPACT_LINES (any, with force).
+        Atomic (temp file, fsync, os.replace) and under the outbox lock, which every append takes
+        too, so no append can land in the file being replaced. Returns True if rewritten."""
+        with self._lock("outbox", timeout=10):
+            entries = self._outbox_entries()
+            settled = {e.get("ref") for e in entries if e.get("op") == "settled"}
+            attempts = self._outbox_attempts(entries)
+            keep: list[dict[str, Any]] = []
+            seen_attempt: set[Any] = set()
+            for e in entries:
+                ref = e.get("ref")
+                if ref in settled or e.get("op") == "settled":
+                    continue
+                if e.get("op") == "attempt":
+                    if ref in seen_attempt or int(e.get("count", 0) or 0) != attempts.get(ref):
+                        continue
+                    seen_attempt.add(ref)
+                keep.append(e)
+            dropped = len(entries) - len(keep)
+            if dropped == 0 or not (force or dropped * 2 > len(entries) or dropped >= OUTBOX_COMPACT_LINES):
+                return False
+            _atomic_write(self.outbox_path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in keep))
+            try:  # make the rename itself durable
+                fd = os.open(str(self.outbox_path.parent), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+            logger.info("Outbox compacted: %d line(s) dropped, %d kept", dropped, len(keep))
+            return True
+
+    def _compact_quietly(self) -> None:
+        try:
+            self._compact_outbox()
+        except Exception as e:  # noqa: BLE001 - compaction is housekeeping; the file stays valid
+            logger.warning("Outbox %s not compacted (%s)", self.outbox_path, _failure(e))
 
     def _outbox_pending_units(self) -> set[str]:
         return {_fold(e["equipment_id"]) for e in self._outbox_pending() if e.get("op") == "book"}
@@ -1433,97 +1491,176 @@ class CachedInventory:
             return 0
 
     def _replay_sync(self) -> int:
+        """Replays the outbox (one process at a time), then compacts it. Each entry on its own:
+        an outage (SourceUnavailable) stops the replay for a later one; any other failure is
+        logged, counted in the outbox, and the next entry goes on; after OUTBOX_MAX_ATTEMPTS the
+        entry is settled "failed" (CONFLICT row for staff, "Outbox conflict" log line)."""
         lock = self._lock("replay")
         try:
             lock.acquire(blocking=False)
         except filelock.Timeout:
             return 0  # another process is replaying
         try:
-            pending = self._outbox_pending()
-            if not pending:
-                return 0
-            deadline = time.monotonic() + max(self.cfg.retry_budget, 0.5)
-            settled = 0
-            known_refs: set[str] | None = None
-            changes: dict[str, str] = {}
-            p = self.store.prepare_text
-
-            def log_refs() -> set[str]:  # read once, and only when needed
-                nonlocal known_refs
-                if known_refs is None:
-                    known_refs = _with_retries(self.store.log_refs, deadline, "read")
-                return known_refs
-
-            for e in pending:
-                op, ref = e.get("op"), e.get("ref")
-                if op in ("callback", "log"):
-                    if ref not in log_refs():
-                        self._append_log_once(e["row"], ref, deadline)
-                        log_refs().add(ref)
-                    self._outbox_append({"op": "settled", "ref": ref, "result": "written", "at": time.time()})
-                    settled += 1
-                    continue
-                if op != "book":
-                    continue
-                eid = e["equipment_id"]
-                unit_lock = self._unit_lock(eid, timeout=0)
-                try:
-                    unit_lock.acquire()
-                except filelock.Timeout:
-                    continue  # a booking of this unit is in flight (maybe this very one): later
-                try:
-                    if self._is_settled(ref):
-                        continue  # its booking finished while we waited
-                    table = _with_retries(self.store.read_table, deadline, "read")
-                    table.check_required()
-                    found = table.find(eid)
-                    if found is None:
-                        result, now_status = "conflict", "missing"
-                    else:
-                        row_index, row = found
-                        cur = table.unit(row)
-                        now_status = cur.status
-                        ours = table.get(row, "bookingref") == ref or (
-                            cur.status == RENTED and "bookingref" not in table.cols
-                            and table.get(row, "rentername") == p(e["name"])
-                            and table.get(row, "renterphone") == p(e["phone"]))
-                        if ours:
-                            result = "already"
-                        elif cur.available:
-                            fields = {"status": RENTED, "rentername": p(e["name"]), "renterphone": p(e["phone"]),
-                                      "rentalstart": e["start"], "rentalend": e["end"], "bookingref": ref,
-                                      "bookedat": e.get("booked_at", "")}
-                            _with_retries(lambda: self.store.write_unit(row_index, cur.id, fields, table),
-                                          deadline, "write")
-                            result = "written"
-                        else:
-                            result = "conflict"
-                    if result == "conflict":
-                        logger.warning(
-                            "Outbox conflict: booking %s for unit %s (%s) could not be written - the unit is now %s; "
-                            "staff must call the renter back at %s", ref, eid, e.get("equipment_name", ""),
-                            now_status, mask_phone(e["phone"]))
-                        changes[eid] = now_status if now_status != "missing" else MAINTENANCE
-                    else:
-                        changes[eid] = RENTED
-                    if ref not in log_refs():  # a Bookings row with our ref is never appended twice
-                        conflict = result == "conflict"
-                        self._append_log_once(self._log_row(
-                            ref, e.get("booked_at", ""), eid, e.get("equipment_name", ""), e["name"], e["phone"],
-                            e["start"], e["end"], e.get("call_id", ""), "CONFLICT" if conflict else "BOOKING",
-                            "kept offline; unit was taken meanwhile - call the renter" if conflict
-                            else "kept offline, written on replay"), ref, deadline)
-                        log_refs().add(ref)
-                    self._outbox_append({"op": "settled", "ref": ref, "result": result, "at": time.time()})
-                    settled += 1
-                    logger.info("Outbox: booking %s for %s settled (%s)", ref, eid, result)
-                finally:
-                    unit_lock.release()
-            if changes:
-                self._patch_snapshot(changes)
-            return settled
+            try:
+                return self._replay_entries()
+            finally:
+                self._compact_quietly()
         finally:
             lock.release()
+
+    def _replay_entries(self) -> int:
+        entries = self._outbox_entries()
+        pending = self._outbox_pending(entries)
+        if not pending:
+            return 0
+        attempts = self._outbox_attempts(entries)
+        deadline = time.monotonic() + max(self.cfg.retry_budget, 0.5)
+        settled = 0
+        known_refs: set[str] | None = None
+        changes: dict[str, str] = {}
+        seen: dict[str, str] = {}  # equipment id -> status read from the source during this replay
+
+        def log_refs(fresh: bool = False) -> set[str]:  # read once (or again when asked), only when needed
+            nonlocal known_refs
+            if known_refs is None or fresh:
+                known_refs = _with_retries(self.store.log_refs, deadline, "read")
+            return known_refs
+
+        try:
+            for i, e in enumerate(pending):
+                if e.get("op") not in ("callback", "log", "book"):
+                    continue
+                try:
+                    if self._replay_entry(e, deadline, log_refs, changes, seen):
+                        settled += 1
+                except SourceUnavailable as ex:
+                    logger.warning("Outbox replay stopped at %s: Sheets unavailable (%s); %d entr%s left for a "
+                                   "later replay", e.get("ref"), _failure(ex), len(pending) - i,
+                                   "y" if len(pending) - i == 1 else "ies")
+                    raise
+                except Exception as ex:  # noqa: BLE001 - this entry's problem: the others go on
+                    count = attempts.get(e.get("ref"), 0) + 1
+                    if self._replay_failed(e, count, ex, log_refs, changes, seen):
+                        settled += 1
+        finally:
+            if changes:
+                try:
+                    self._patch_snapshot(changes)
+                except Exception as ex:  # noqa: BLE001 - a cache; the next refresh corrects it
+                    logger.warning("Could not update the shared equipment snapshot (%s): %s", _failure(ex), changes)
+        return settled
+
+    def _replay_entry(self, e: Mapping[str, Any], deadline: float, log_refs: Callable[..., set[str]],
+                      changes: dict[str, str], seen: dict[str, str]) -> bool:
+        """One outbox entry. True if it was settled now. Raises on any failure."""
+        op, ref = e.get("op"), e.get("ref")
+        p = self.store.prepare_text
+        if op in ("callback", "log"):
+            if ref not in log_refs():
+                self._append_log_once(e["row"], ref, deadline)
+                log_refs().add(ref)
+            self._outbox_append({"op": "settled", "ref": ref, "result": "written", "at": time.time()})
+            return True
+        eid = e["equipment_id"]
+        unit_lock = self._unit_lock(eid, timeout=0)
+        try:
+            unit_lock.acquire()
+        except filelock.Timeout:
+            return False  # a booking of this unit is in flight (maybe this very one): later
+        try:
+            if self._is_settled(ref):
+                return False  # its booking finished while we waited
+            table = _with_retries(self.store.read_table, deadline, "read")
+            table.check_required()
+            found = table.find(eid)
+            if found is None:
+                result, now_status = "conflict", "missing"
+            else:
+                row_index, row = found
+                cur = table.unit(row)
+                now_status = seen[eid] = cur.status
+                ours = table.get(row, "bookingref") == ref or (
+                    cur.status == RENTED and "bookingref" not in table.cols
+                    and table.get(row, "rentername") == p(e["name"])
+                    and table.get(row, "renterphone") == p(e["phone"]))
+                if ours:
+                    result = "already"
+                elif cur.available:
+                    fields = {"status": RENTED, "rentername": p(e["name"]), "renterphone": p(e["phone"]),
+                              "rentalstart": e["start"], "rentalend": e["end"], "bookingref": ref,
+                              "bookedat": e.get("booked_at", "")}
+                    _with_retries(lambda: self.store.write_unit(row_index, cur.id, fields, table),
+                                  deadline, "write")
+                    seen[eid] = RENTED
+                    result = "written"
+                else:
+                    result = "conflict"
+            if result == "conflict":
+                logger.warning(
+                    "Outbox conflict: booking %s for unit %s (%s) could not be written - the unit is now %s; "
+                    "staff must call the renter back at %s", ref, eid, e.get("equipment_name", ""),
+                    now_status, mask_phone(e["phone"]))
+                changes[eid] = now_status if now_status != "missing" else MAINTENANCE
+            else:
+                changes[eid] = RENTED
+            # a booking already written may have had its Bookings row appended (by its own process)
+            # after the refs were read: read them again before appending, never a second row
+            if ref not in log_refs() and (result != "already" or ref not in log_refs(fresh=True)):
+                conflict = result == "conflict"
+                self._append_log_once(self._log_row(
+                    ref, e.get("booked_at", ""), eid, e.get("equipment_name", ""), e["name"], e["phone"],
+                    e["start"], e["end"], e.get("call_id", ""), "CONFLICT" if conflict else "BOOKING",
+                    "kept offline; unit was taken meanwhile - call the renter" if conflict
+                    else "kept offline, written on replay"), ref, deadline)
+                log_refs().add(ref)
+            self._outbox_append({"op": "settled", "ref": ref, "result": result, "at": time.time()})
+            logger.info("Outbox: booking %s for %s settled (%s)", ref, eid, result)
+            return True
+        finally:
+            unit_lock.release()
+
+    def _replay_failed(self, e: Mapping[str, Any], count: int, why: Exception, log_refs: Callable[..., set[str]],
+                       changes: dict[str, str], seen: dict[str, str]) -> bool:
+        """Records a failed (not outage) replay of one entry; at OUTBOX_MAX_ATTEMPTS settles it as
+        "failed" so its unit is no longer held, and tells staff. True if settled now. Never raises."""
+        op, ref = e.get("op"), e.get("ref")
+        eid = str(e.get("equipment_id", ""))
+        reason = _failure(why)
+        phone = e.get("phone") or (e["row"][5] if isinstance(e.get("row"), list) and len(e["row"]) > 5 else "")
+        what = f"booking {ref} for unit {eid}" if op == "book" else f"{op} entry {ref}"
+        logger.warning("Outbox: %s failed on replay (attempt %d/%d): %s", what, count, OUTBOX_MAX_ATTEMPTS, reason)
+        if count < OUTBOX_MAX_ATTEMPTS:
+            try:
+                self._outbox_append({"op": "attempt", "ref": ref, "count": count, "reason": reason[:200],
+                                     "at": time.time()})
+            except Exception as oe:  # noqa: BLE001
+                logger.warning("Outbox: could not record the failed attempt of %s (%s)", ref, _failure(oe))
+            return False
+        noted = ""
+        if op == "book":
+            try:  # a CONFLICT row for staff, once per ref
+                deadline = time.monotonic() + max(self.cfg.retry_budget, 0.5)
+                if ref not in log_refs(fresh=True):
+                    self._append_log_once(self._log_row(
+                        ref, e.get("booked_at", ""), eid, e.get("equipment_name", ""), e.get("name", ""),
+                        e.get("phone", ""), e.get("start", ""), e.get("end", ""), e.get("call_id", ""), "CONFLICT",
+                        f"kept offline; could not be written after {count} attempts ({reason[:200]}) - "
+                        f"call the renter"), ref, deadline)
+                    log_refs().add(ref)
+                noted = "; a CONFLICT row is in the Bookings tab"
+            except Exception as le:  # noqa: BLE001
+                noted = f"; its CONFLICT row could not be written either ({_failure(le)})"
+            if eid in seen:
+                changes[eid] = seen[eid]  # no longer held: what the source said
+        logger.error("Outbox conflict: %s (%s) could not be written after %d attempts - last error: %s; "
+                     "settled as failed, staff must call the renter back at %s%s", what, e.get("equipment_name", ""),
+                     count, reason, mask_phone(phone), noted)
+        try:
+            self._outbox_append({"op": "settled", "ref": ref, "result": "failed", "at": time.time()})
+        except Exception as oe:  # noqa: BLE001
+            logger.error("Outbox: could not settle %s as failed (%s); it will be retried", ref, _failure(oe))
+            return False
+        return True
 
     # -- shutdown --------------------------------------------------------------------------------
     async def close(self, timeout: float = 5.0) -> None:

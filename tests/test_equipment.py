@@ -818,3 +818,143 @@ async def test_outbox_hold_refuses_a_second_booking_before_replay(sheets, sheet_
     assert child["statuses"]["EX-103"] == "PENDING"  # and the snapshot learned the hold again
     assert await inv.replay_outbox() == 1
     assert sheets.record("Equipment", "EX-103")["Booking Ref"] == b.ref
+
+
+# =============================================================================================
+# review fixes: replay isolates a bad entry, outbox compaction, Bookings refs re-read
+
+
+async def test_one_bad_outbox_entry_does_not_block_the_others(store_env, monkeypatch, caplog):
+    """A booking whose write is refused for good (403 on a protected range) no longer blocks the
+    entries after it; after OUTBOX_MAX_ATTEMPTS it is settled as failed, with a CONFLICT row."""
+    caplog.set_level(logging.INFO, logger="equipment")
+    inv = equipment.inventory_from_env(store_env)
+    snap = await inv.snapshot()
+    bad = inv._to_outbox("BAD111", snap.find("EX-101"), "Ann", PHONE, date(2030, 1, 12), date(2030, 1, 15),
+                         "c1", RuntimeError("simulated outage"))
+    good = inv._to_outbox("GOOD22", snap.find("EX-103"), "Bo", PHONE, date(2030, 1, 12), date(2030, 1, 15),
+                          "c2", RuntimeError("simulated outage"))
+    real = inv.store.write_unit
+
+    def write_unit(row_index, equipment_id, fields, table):
+        if equipment_id == "EX-101":
+            raise InventoryConfigError("HTTP 403: the range is protected")
+        return real(row_index, equipment_id, fields, table)
+
+    monkeypatch.setattr(inv.store, "write_unit", write_unit)
+    assert await inv.replay_outbox() == 1
+    assert source_record(store_env, "EX-103")["Booking Ref"] == good.ref
+    assert set(_pending_refs(store_env)) == {bad.ref}
+    fails = [r.getMessage() for r in caplog.records if bad.ref in r.getMessage() and "attempt 1/" in r.getMessage()]
+    assert len(fails) == 1 and "EX-101" in fails[0] and "protected" in fails[0]
+    assert (await equipment.inventory_from_env(store_env).snapshot()).find("EX-101").status == "PENDING"
+    for _ in range(equipment.OUTBOX_MAX_ATTEMPTS - 2):
+        assert await inv.replay_outbox() == 0
+    assert set(_pending_refs(store_env)) == {bad.ref}
+    assert await inv.replay_outbox() == 1  # the last attempt settles it as failed
+    assert _pending_refs(store_env) == []
+    conflict = [r.getMessage() for r in caplog.records if "Outbox conflict" in r.getMessage()]
+    assert len(conflict) == 1 and bad.ref in conflict[0] and "EX-101" in conflict[0]
+    assert PHONE not in caplog.text
+    assert [(r["Booking Ref"], r["Kind"]) for r in source_log(store_env)] == [(good.ref, "BOOKING"),
+                                                                              (bad.ref, "CONFLICT")]
+    assert source_record(store_env, "EX-101")["Booking Ref"] == ""
+    assert (await equipment.inventory_from_env(store_env).snapshot()).find("EX-101").status == "AVAILABLE"
+    assert await inv.replay_outbox() == 0 and len(source_log(store_env)) == 2
+
+
+async def test_replay_stops_when_sheets_is_down_without_counting_attempts(sheets, sheet_env):
+    sheet_env["BOOKING_RETRY_BUDGET"] = "0.5"
+    inv = equipment.inventory_from_env(sheet_env)
+    snap = await inv.snapshot()
+    b = inv._to_outbox("DOWN01", snap.find("EX-101"), "Ann", PHONE, date(2030, 1, 12), date(2030, 1, 15),
+                       "c1", RuntimeError("simulated outage"))
+    sheets.fail("*", 503)
+    for _ in range(equipment.OUTBOX_MAX_ATTEMPTS + 1):
+        assert await inv.replay_outbox() == 0
+    assert _pending_refs(sheet_env) == [b.ref]  # no attempt recorded: an outage is not the entry's fault
+    sheets.clear_faults()
+    assert await inv.replay_outbox() == 1
+    assert sheets.record("Equipment", "EX-101")["Booking Ref"] == b.ref
+
+
+async def test_outbox_is_compacted_by_replay_keeping_unsettled_entries(csv_env, monkeypatch):
+    inv = equipment.inventory_from_env(csv_env)
+    snap = await inv.snapshot()
+    for i in range(30):
+        ref = f"OLD{i:03d}"
+        inv._outbox_append({"op": "book", "ref": ref, "equipment_id": "EX-101", "at": 0})
+        inv._outbox_append({"op": "settled", "ref": ref, "result": "written", "at": 0})
+    keep = inv._to_outbox("KEEP01", snap.find("EX-101"), "Ann", PHONE, date(2030, 1, 12), date(2030, 1, 15),
+                          "c1", RuntimeError("simulated outage"))
+    inv._outbox_append({"op": "attempt", "ref": keep.ref, "count": 1, "reason": "x", "at": 0})
+    inv._outbox_append({"op": "attempt", "ref": keep.ref, "count": 2, "reason": "x", "at": 0})
+
+    def refuse(*a, **k):
+        raise InventoryConfigError("refused")
+
+    monkeypatch.setattr(inv.store, "write_unit", refuse)
+    assert await inv.replay_outbox() == 0
+    entries = _outbox(csv_env)
+    assert [(e["op"], e["ref"]) for e in entries] == [("book", keep.ref), ("attempt", keep.ref)]
+    assert entries[1]["count"] == 3
+    assert (await equipment.inventory_from_env(csv_env).snapshot()).find("EX-101").status == "PENDING"
+    assert not list((Path(csv_env["STATE_DIR"])).glob(".outbox.jsonl.*"))  # no temp file left
+
+
+def test_outbox_compaction_loses_no_concurrent_append(csv_env):
+    import threading
+
+    inv = equipment.inventory_from_env(csv_env)
+    others = [equipment.inventory_from_env(csv_env) for _ in range(4)]
+    done = threading.Event()
+
+    def writer(n: int, other) -> None:
+        for i in range(40):
+            other._outbox_append({"op": "callback", "ref": f"K{n}-{i}", "row": [], "at": 0})
+            other._outbox_append({"op": "callback", "ref": f"S{n}-{i}", "row": [], "at": 0})
+            other._outbox_append({"op": "settled", "ref": f"S{n}-{i}", "result": "written", "at": 0})
+
+    def compactor() -> None:
+        while not done.is_set():
+            inv._compact_outbox(force=True)
+
+    c = threading.Thread(target=compactor)
+    c.start()
+    ws = [threading.Thread(target=writer, args=(n, o)) for n, o in enumerate(others)]
+    for w in ws:
+        w.start()
+    for w in ws:
+        w.join()
+    done.set()
+    c.join()
+    inv._compact_outbox(force=True)
+    expected = sorted(f"K{n}-{i}" for n in range(4) for i in range(40))
+    assert sorted(e["ref"] for e in _outbox(csv_env)) == expected
+
+
+async def test_replay_rereads_bookings_refs_before_appending_a_booking_already_written(
+        sheets, sheet_env, monkeypatch):
+    """A live booking appended its Bookings row after replay had read the refs: no second row."""
+    inv = equipment.inventory_from_env(sheet_env)
+    snap = await inv.snapshot()
+    cb_row = inv._log_row("CB0001", "2030-01-10T00:00:00Z", "", "", "Cy", PHONE, "", "", "c0", "CALLBACK", "hi")
+    inv._outbox_append({"op": "callback", "ref": "CB0001", "row": cb_row, "at": time.time()})
+    b = inv._to_outbox("LIVE01", snap.find("EX-103"), "Ann", PHONE, date(2030, 1, 12), date(2030, 1, 15),
+                       "c1", RuntimeError("answer lost"))
+    for col, val in (("Status", "RENTED"), ("Booking Ref", b.ref), ("Renter Name", "Ann")):
+        sheets.set_cell("Equipment", "EX-103", col, val)  # its write did land
+    real = inv.store.log_refs
+    landed: list[int] = []
+
+    def log_refs():
+        refs = real()
+        if not landed:  # the live booking's row lands just after replay read the refs
+            landed.append(1)
+            inv.store.append_log(inv._log_row(b.ref, "2030-01-10T00:00:00Z", "EX-103", "x", "Ann", PHONE,
+                                              START, END, "c1", "BOOKING"))
+        return refs
+
+    monkeypatch.setattr(inv.store, "log_refs", log_refs)
+    assert await inv.replay_outbox() == 2
+    assert sorted(r["Booking Ref"] for r in sheets.records("Bookings")) == sorted(["CB0001", b.ref])
