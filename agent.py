@@ -993,7 +993,8 @@ def build_session(settings: Settings, userdata: Mapping[str, Any], control: Call
         [openai.LLM(model=settings.llm_model, client=client),
          openai.LLM(model="gpt-4o-mini", client=client)]
     )
-    voices: list[tts.TTS] = [deepgram.TTS(), openai.TTS(client=client)]
+    deepgram_root = (os.environ.get("DEEPGRAM_BASE_URL") or "").strip().rstrip("/") or "https://api.deepgram.com"
+    voices: list[tts.TTS] = [deepgram.TTS(base_url=f"{deepgram_root}/v1/speak"), openai.TTS(client=client)]
     if settings.tts_provider == "openai":
         voices.reverse()
     speech = tts.FallbackAdapter(voices)
@@ -1002,7 +1003,7 @@ def build_session(settings: Settings, userdata: Mapping[str, Any], control: Call
     detector = userdata.get("turn_detector")
     turn_handling: dict[str, Any] = {"turn_detection": detector if detector is not None else "vad"}
     return AgentSession(
-        stt=deepgram.STT(model="nova-3"),
+        stt=deepgram.STT(model="nova-3", base_url=f"{deepgram_root}/v1/listen"),
         llm=fallback_llm,
         tts=speech,
         vad=userdata.get("vad"),
