@@ -4,39 +4,53 @@
     python agent.py check --timeout 3
 
 One line per check, ✅ passed, ❌ failed (with what to fix), ⚠️ worth a look but not fatal.
-Exit status 0 when nothing failed, 1 otherwise. Each check that touches the network has its own
-short timeout (--timeout, default 5 s), so the whole run takes seconds even when a service hangs.
+Exit status 0 when nothing failed, 1 otherwise. Every credential is tried with one cheap
+authenticated request, and each says apart "not set", "rejected" and "unreachable". The network
+checks run at the same time, each bounded by --timeout (default 5 s), so the whole run takes
+seconds even when a service hangs.
 
 Checks, in order:
-  Settings       every variable agent.py and equipment.py read is present and well-formed
-  Provider keys  OPENAI_API_KEY and DEEPGRAM_API_KEY are set
+  Settings       every variable the project reads is well-formed (settings.py, the one rule)
+  OpenAI         OPENAI_API_KEY lists models at OPENAI_BASE_URL (default https://api.openai.com/v1)
+  Deepgram       DEEPGRAM_API_KEY passes Deepgram's key check (GET /v1/auth/token at DEEPGRAM_BASE_URL)
   LiveKit        the server at LIVEKIT_URL accepts LIVEKIT_API_KEY/SECRET (one ListRooms call)
   SIP dispatch   a dispatch rule sends callers to this agent name (warning only: dev needs none)
-  Inventory      the Google Sheet answers, is shared with the service account, has the worksheet,
-                 the ID/Name/Status columns and known statuses; or the embedded CSV loads
+  Inventory      the inventory's own check: the Google Sheet answers with the service account's
+                 credentials, is shared with it, has the worksheet, the ID/Name/Status columns and
+                 known statuses; or the embedded CSV loads
   State dir      STATE_DIR (inventory cache, booking outbox) is writable
+
+No value of a credential is ever printed: a value that looks like a key is named by its variable
+and described, whichever variable it was put in, and the output is scrubbed of every secret value
+as a last guard.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
+import dataclasses
+import json
+import math
 import os
+import re
 import sys
-import tempfile
-import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, TextIO
+from typing import Any, Awaitable, Iterator, Mapping, TextIO, TypeVar
+
+import aiohttp
+
+import settings
 
 DEFAULT_TIMEOUT = 5.0
-PROVIDER_KEYS = ("OPENAI_API_KEY", "DEEPGRAM_API_KEY")
+MAX_TIMEOUT = 120.0
+
 LIVEKIT_VARS = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
 
 OK, FAIL, WARN = "✅", "❌", "⚠️"
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,180 +64,280 @@ class Result:
         return [f"{self.status} {self.name}: {self.message}"] + [f"     - {d}" for d in self.details]
 
 
-# ------------------------------------------------------------------------------------------ helpers
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-_import_error: list[str] = []
+def _where(url: str, var: str) -> str:
+    """An address for a message: as given, unless it looks like it carries a credential."""
+    return f"the address in {var} (not shown: it looks like it holds a credential)" \
+        if settings.looks_secret(url) else url
 
 
-def _agent_module() -> Any | None:
-    """agent.py, without importing it twice when we were started as `python agent.py check`."""
-    main = sys.modules.get("__main__")
-    if main is not None and hasattr(main, "config_errors") and hasattr(main, "NUMERIC_VARS"):
-        return main
-    try:
-        return importlib.import_module("agent")
-    except Exception as e:  # noqa: BLE001 - reported by the Settings check
-        _import_error[:] = [f"{type(e).__name__}: {e}"[:300]]
-        return None
+def _bad_var(errors: list[str], *names: str) -> str | None:
+    """The first of `names` that Settings reported as malformed or missing."""
+    return next((n for n in names for e in errors if e.startswith(f"{n} ")), None)
 
 
-def _in_thread(fn: Callable[[], Any], timeout: float) -> Any:
-    """Run blocking fn in a daemon thread; give up after timeout (the thread is left to die with
-    the process, so a hung HTTP call can never keep `check` from exiting)."""
-    fut: Future = Future()
-
-    def target() -> None:
-        try:
-            fut.set_result(fn())
-        except BaseException as e:  # noqa: BLE001
-            fut.set_exception(e)
-
-    threading.Thread(target=target, name="preflight-check", daemon=True).start()
-    return fut.result(timeout=timeout)
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    """e, what caused it, and exceptions it wraps as arguments (google-auth's TransportError)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [e]
+    while todo:
+        cur = todo.pop(0)
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        yield cur
+        todo.extend(x for x in (cur.__cause__, cur.__context__, *cur.args) if isinstance(x, BaseException))
 
 
-def _missing(env: Mapping[str, str], name: str) -> bool:
-    return not (env.get(name) or "").strip()
+# ------------------------------------------------------------------------------------------ settings
 
 
-# ------------------------------------------------------------------------------------------ checks
-
-
-def check_settings(env: Mapping[str, str]) -> Result:
-    agent = _agent_module()
-    errors: list[str] = []
-    if agent is None:
-        errors.append("agent.py could not be imported (" + "".join(_import_error) + "): run the check "
-                      "from the project folder, in its virtualenv")
-    else:
-        errors.extend(agent.config_errors("start", env))
-    # The provider keys get their own line below.
-    errors = [e for e in errors if not e.startswith(tuple(f"{k} " for k in PROVIDER_KEYS))]
+def check_settings(errors: list[str]) -> Result:
     if not errors:
         return Result("Settings", OK, "all variables present and well-formed")
-    return Result("Settings", FAIL, f"{len(errors)} problem{'s' if len(errors) > 1 else ''} "
+    return Result("Settings", FAIL, f"{_plural(len(errors), 'problem')} "
                   "(set in the environment, or in .env next to agent.py)", tuple(errors))
 
 
-def check_provider_keys(env: Mapping[str, str]) -> Result:
-    agent = _agent_module()
-    where = getattr(agent, "WHERE", {}) if agent else {}
-    missing = [k for k in PROVIDER_KEYS if _missing(env, k)]
-    tts = (env.get("TTS_PROVIDER") or "deepgram").strip().lower()
-    if not missing:
-        return Result("Provider keys", OK, f"OPENAI_API_KEY and DEEPGRAM_API_KEY set (LLM openai, STT deepgram, TTS {tts})")
-    return Result("Provider keys", FAIL, f"{' and '.join(missing)} not set",
-                  tuple(f"{k}: get one at {where.get(k, 'the provider dashboard')}" for k in missing))
+# ------------------------------------------------------------------------------------------ provider keys
 
 
-async def check_livekit(env: Mapping[str, str], timeout: float) -> tuple[Result, Any]:
+@dataclass(frozen=True)
+class Provider:
+    name: str  # the check's name: "OpenAI"
+    key_var: str
+    url_var: str
+    path: str  # appended to the base URL
+    scheme: str  # Authorization: <scheme> <key>
+    status_page: str
+
+
+OPENAI = Provider("OpenAI", "OPENAI_API_KEY", "OPENAI_BASE_URL", "/models", "Bearer", "https://status.openai.com")
+# Deepgram documents GET /v1/auth/token as the way to test a key: 401 when it is invalid, the key's
+# details when it is valid (developers.deepgram.com/docs/authenticating).
+DEEPGRAM = Provider("Deepgram", "DEEPGRAM_API_KEY", "DEEPGRAM_BASE_URL", "/v1/auth/token", "Token",
+                    "https://status.deepgram.com")
+
+
+def _error_code(body: bytes) -> str:
+    """The provider's short error code (invalid_api_key, INVALID_AUTH, ...), never its message:
+    some providers quote part of the key back in the message."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    err = data.get("error")
+    code = (err.get("code") or err.get("type")) if isinstance(err, dict) else None
+    code = code or data.get("err_code") or data.get("category")
+    code = str(code or "")
+    if re.fullmatch(r"[A-Za-z0-9_.\-]{1,40}", code) and not settings.looks_secret(code):
+        return code
+    return ""
+
+
+async def check_provider(p: Provider, env: Mapping[str, str], base: str, url_problem: str | None,
+                         timeout: float, model: str = "") -> Result:
+    key = (env.get(p.key_var) or "").strip()
+    get_one = settings.WHERE_TO_GET.get(p.key_var, "the provider's dashboard")
+    if not key:
+        return Result(p.name, FAIL, f"{p.key_var} not set: get one at {get_one}")
+    if url_problem:
+        return Result(p.name, FAIL, f"not checked: {p.url_var} is not a usable address (see Settings)")
+    where = _where(base, p.url_var)
+    t0 = time.monotonic()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.get(base + p.path, headers={"Authorization": f"{p.scheme} {key}"},
+                                   allow_redirects=False) as resp:
+                status = resp.status
+                body = await resp.content.read(256 * 1024)
+    except asyncio.TimeoutError:
+        return Result(p.name, FAIL, f"unreachable: no answer from {where} within {timeout:g}s; the key "
+                      f"was not checked (check the network, and {p.url_var} if you set it)")
+    except (aiohttp.ClientError, OSError, ValueError) as e:
+        return Result(p.name, FAIL, f"unreachable: cannot connect to {where} ({type(e).__name__}); the key "
+                      f"was not checked (check the network, and {p.url_var} if you set it)")
+    took = f"{(time.monotonic() - t0) * 1000:.0f} ms"
+    code = _error_code(body)
+    said = f"HTTP {status}{': ' + code if code else ''}"
+    if status == 200:
+        return _accepted(p, where, body, took, model)
+    if status == 401:
+        return Result(p.name, FAIL, f"{where} rejected {p.key_var} ({said}): the key is wrong, revoked or "
+                      f"expired; create one at {get_one}")
+    if status == 403:
+        return Result(p.name, WARN, f"{where} knows {p.key_var} but refused this request ({said}): the key "
+                      "may lack permissions the agent needs; check its role or scopes")
+    if status == 429:
+        if code == "insufficient_quota":
+            return Result(p.name, FAIL, f"{where} accepted {p.key_var} but the account is out of quota "
+                          f"({said}): add credit or raise the limit, or every call will fail")
+        return Result(p.name, WARN, f"{where} accepted {p.key_var} but is rate-limiting it ({said})")
+    if status in (301, 302, 303, 307, 308, 404):
+        return Result(p.name, FAIL, f"{where} has no {p.path} ({said}): {p.url_var} does not point at the "
+                      f"{p.name} API; the key was not checked")
+    return Result(p.name, FAIL, f"{where} answered {said}; the key was not checked (see {p.status_page})")
+
+
+def _accepted(p: Provider, where: str, body: bytes, took: str, model: str) -> Result:
+    if p is not OPENAI:
+        return Result(p.name, OK, f"{where} accepted {p.key_var} ({took})")
+    try:
+        data = json.loads(body)
+        ids = {str(m.get("id")) for m in data["data"] if isinstance(m, dict)}
+    except (ValueError, KeyError, TypeError):
+        return Result(p.name, WARN, f"{where} answered, but not with a model list: is {p.url_var} an "
+                      "OpenAI-compatible API?")
+    if model and ids and model not in ids:
+        return Result(p.name, WARN, f"{where} accepted {p.key_var}, but model {model!r} (LLM_MODEL) is not "
+                      f"among the {len(ids)} models this key can use")
+    return Result(p.name, OK, f"{where} accepted {p.key_var} ({_plural(len(ids), 'model')} listed, {took})")
+
+
+# ------------------------------------------------------------------------------------------ LiveKit
+
+
+async def check_livekit(env: Mapping[str, str], errors: list[str], timeout: float) -> tuple[Result, Any]:
     """Returns the result and, when the credentials work, an open LiveKitAPI for the next check."""
-    missing = [v for v in LIVEKIT_VARS if _missing(env, v)]
+    missing = [v for v in LIVEKIT_VARS if not (env.get(v) or "").strip()]
     if missing:
         return Result("LiveKit", FAIL, f"not checked: {', '.join(missing)} not set "
-                      "(LiveKit Cloud dashboard > Settings > API Keys)"), None
-    import aiohttp
+                      f"({settings.WHERE_TO_GET[missing[0]]})"), None
+    if _bad_var(errors, "LIVEKIT_URL"):
+        return Result("LiveKit", FAIL, "not checked: LIVEKIT_URL is not a usable address (see Settings)"), None
     from livekit import api
     from livekit.protocol import room as proto_room
 
     url = env["LIVEKIT_URL"].strip()
+    where = _where(url, "LIVEKIT_URL")
     try:
         lk = api.LiveKitAPI(url, env["LIVEKIT_API_KEY"].strip(), env["LIVEKIT_API_SECRET"].strip(), failover=False)
     except Exception as e:  # noqa: BLE001
-        return Result("LiveKit", FAIL, f"cannot use LIVEKIT_URL {url!r}: {e}"), None
+        return Result("LiveKit", FAIL, f"cannot use LIVEKIT_URL {where} ({type(e).__name__})"), None
     t0 = time.monotonic()
     try:
         # livekit-api's ClientTimeout does not bound a request: wait_for does.
         rooms = await asyncio.wait_for(lk.room.list_rooms(proto_room.ListRoomsRequest()), timeout)
     except asyncio.TimeoutError:
         await lk.aclose()
-        return Result("LiveKit", FAIL, f"no answer from {url} within {timeout:g}s: check LIVEKIT_URL "
-                      "(wss://<project>.livekit.cloud) and that this machine can reach it"), None
+        return Result("LiveKit", FAIL, f"unreachable: no answer from {where} within {timeout:g}s: check "
+                      "LIVEKIT_URL (wss://<project>.livekit.cloud) and that this machine can reach it"), None
     except api.ServerError as e:
         await lk.aclose()
         if e.status == 401:
-            return Result("LiveKit", FAIL, f"{url} rejected the credentials ({e.code}: {e.message}): copy "
+            return Result("LiveKit", FAIL, f"{where} rejected the credentials (HTTP 401: {e.code}): copy "
                           "LIVEKIT_API_KEY and LIVEKIT_API_SECRET from the same project as LIVEKIT_URL "
-                          "(LiveKit Cloud dashboard > Settings > API Keys)"), None
+                          f"({settings.WHERE_TO_GET['LIVEKIT_API_KEY']})"), None
         if e.status == 403:
-            return Result("LiveKit", FAIL, f"{url} accepted the key but refused ListRooms ({e.message}): "
-                          "use an API key with full permissions"), None
-        return Result("LiveKit", FAIL, f"{url} answered HTTP {e.status} ({e.code}: {e.message}): "
-                      "check LIVEKIT_URL and https://status.livekit.io"), None
-    except (aiohttp.ClientError, OSError, ValueError) as e:
+            return Result("LiveKit", FAIL, f"{where} accepted the key but refused ListRooms (HTTP 403: "
+                          f"{e.code}): use an API key with full permissions"), None
+        return Result("LiveKit", FAIL, f"{where} answered HTTP {e.status} ({e.code}): check LIVEKIT_URL "
+                      "and https://status.livekit.io"), None
+    except (aiohttp.ClientError, OSError) as e:
         await lk.aclose()
-        return Result("LiveKit", FAIL, f"cannot connect to {url} ({type(e).__name__}: {e}): check "
+        return Result("LiveKit", FAIL, f"unreachable: cannot connect to {where} ({type(e).__name__}): check "
                       "LIVEKIT_URL (wss://<project>.livekit.cloud) and the network"), None
+    except Exception as e:  # noqa: BLE001 - e.g. a PEM key pasted as the secret cannot sign a token
+        await lk.aclose()
+        return Result("LiveKit", FAIL, f"could not make a signed request to {where} ({type(e).__name__}): "
+                      "check LIVEKIT_API_KEY and LIVEKIT_API_SECRET "
+                      f"({settings.WHERE_TO_GET['LIVEKIT_API_KEY']})"), None
     took = time.monotonic() - t0
-    return Result("LiveKit", OK, f"{url} accepted the API key ({len(rooms.rooms)} active rooms, "
+    return Result("LiveKit", OK, f"{where} accepted the API key ({_plural(len(rooms.rooms), 'active room')}, "
                   f"{took * 1000:.0f} ms)"), lk
 
 
-async def check_dispatch(env: Mapping[str, str], lk: Any, timeout: float) -> Result:
-    import aiohttp
+async def check_dispatch(lk: Any, agent_name: str, timeout: float) -> Result:
     from livekit import api
     from livekit.protocol import sip as proto_sip
 
-    agent = _agent_module()
-    default = getattr(agent, "DEFAULT_AGENT_NAME", "equipment-rental")
-    name = (env.get("LIVEKIT_AGENT_NAME") or "").strip() or default
-    fix = f"run `python -m telephony.setup_sip --number +1...` (agent name {name!r}) to send callers here"
+    fix = (f"run `python -m telephony.setup_sip --number +1...` (agent {agent_name!r}) to send callers here")
     try:
         rules = await asyncio.wait_for(lk.sip.list_dispatch_rule(proto_sip.ListSIPDispatchRuleRequest()), timeout)
     except asyncio.TimeoutError:
         return Result("SIP dispatch", WARN, f"could not list dispatch rules within {timeout:g}s")
     except api.ServerError as e:
-        return Result("SIP dispatch", WARN, f"could not list dispatch rules ({e.code}: {e.message}); "
+        return Result("SIP dispatch", WARN, f"could not list dispatch rules (HTTP {e.status}: {e.code}); "
                       "an API key with SIP admin permission is needed to check")
     except (aiohttp.ClientError, OSError) as e:
-        return Result("SIP dispatch", WARN, f"could not list dispatch rules ({type(e).__name__}: {e})")
-    ours = [r for r in rules.items if any(a.agent_name == name for a in r.room_config.agents)]
+        return Result("SIP dispatch", WARN, f"could not list dispatch rules ({type(e).__name__})")
+    ours = [r for r in rules.items if any(a.agent_name == agent_name for a in r.room_config.agents)]
     if ours:
         r = ours[0]
         kind = r.rule.WhichOneof("rule") or "?"
         note = "" if kind == "dispatch_rule_individual" else f" (a {kind} rule: callers may share a room)"
         trunks = ", ".join(r.trunk_ids) or "all trunks"
         return Result("SIP dispatch", OK if not note else WARN,
-                      f"rule {r.sip_dispatch_rule_id} ({trunks}) dispatches agent {name!r}{note}")
-    if name == default:
-        return Result("SIP dispatch", WARN, f"no dispatch rule dispatches agent {name!r}: phone calls will "
-                      f"not reach this worker; {fix}")
-    return Result("SIP dispatch", WARN, f"no dispatch rule dispatches agent {name!r} (fine for development: "
-                  "use the console or the LiveKit playground)")
+                      f"rule {r.sip_dispatch_rule_id} ({trunks}) dispatches agent {agent_name!r}{note}")
+    if agent_name == settings.DEFAULT_AGENT_NAME:
+        return Result("SIP dispatch", WARN, f"no dispatch rule dispatches agent {agent_name!r}: phone calls "
+                      f"will not reach this worker; {fix}")
+    return Result("SIP dispatch", WARN, f"no dispatch rule dispatches agent {agent_name!r} (fine for "
+                  "development: send it a test call with `python -m telephony.dispatch --agent-name "
+                  f"{agent_name}`, or use the console)")
 
 
-def check_inventory(env: Mapping[str, str], timeout: float) -> Result:
+async def livekit_checks(env: Mapping[str, str], errors: list[str], agent_name: str,
+                         timeout: float) -> list[Result]:
+    result, lk = await check_livekit(env, errors, timeout)
+    if lk is None:
+        return [result]
+    try:
+        return [result, await check_dispatch(lk, agent_name, timeout)]
+    finally:
+        await lk.aclose()
+
+
+# ------------------------------------------------------------------------------------------ inventory
+
+
+async def check_inventory(env: Mapping[str, str], timeout: float) -> Result:
+    """The inventory's own check (one read of the source, the service account's credentials
+    included), then the table's statuses; bounded by `timeout` as a whole."""
     import equipment
 
-    if equipment.config_errors(env):
+    try:
+        cfg = settings.inventory_settings(env)
+    except settings.ConfigError:
         return Result("Inventory", FAIL, "not checked: fix the inventory settings listed under Settings first")
-    cfg = equipment.Config.from_env(env)
-    store = equipment.SheetStore(cfg) if cfg.sheet_id else equipment.CsvStore(cfg)
+    # Each request, and the retries, fit in this check's time.
+    connect, read = cfg.http_timeout
+    cfg = dataclasses.replace(cfg, retry_budget=timeout, http_timeout=(min(connect, timeout), min(read, timeout)))
+    short = settings.shorten_id(cfg.sheet_id) if cfg.sheet_id else ""
+
+    def hide_id(message: str) -> str:  # the sheet ID is shown shortened, as in the start-up line
+        return message.replace(cfg.sheet_id, short) if cfg.sheet_id else message
+
     if cfg.sheet_id:
-        where = f"Google Sheet {cfg.sheet_id}, worksheet {cfg.equipment_worksheet!r}"
+        where = f"Google Sheet {short}, worksheet {cfg.equipment_worksheet!r}"
     else:
         where = f"embedded inventory {cfg.csv_path.name} (GOOGLE_SHEET_ID not set)"
+    inv = equipment.inventory_from_settings(cfg)
+    deadline = time.monotonic() + timeout
     try:
-        # One direct read of the source, no cache and no retries, bounded by the timeout.
-        table = _in_thread(store.read_table, timeout)
-        units = table.units()  # raises when ID, Name or Status is missing
-    except TimeoutError:
-        return Result("Inventory", FAIL, f"{where}: no answer within {timeout:g}s; check the network "
-                      "and GOOGLE_SHEETS_API_URL (normally unset)")
+        await asyncio.wait_for(inv.check(), timeout + 0.5)
+        # The statuses: callers are never offered a unit whose Status we don't know.
+        left = max(deadline - time.monotonic(), 0.5)
+        table = await asyncio.wait_for(inv.background.run(inv.store.read_table, name="preflight-statuses"), left)
+        units = table.units()
+    except asyncio.TimeoutError:
+        return _inventory_unreachable(where, cfg, timeout, timed_out=True)
     except equipment.InventoryConfigError as e:
-        msg = str(e)
+        msg = hide_id(str(e))
         if "column" in msg:
             msg += "; the first row of the worksheet must hold the column names (ID, Name, Status, ...)"
         if cfg.sheet_id and "Google Sheet" not in msg:
-            msg = f"Google Sheet {cfg.sheet_id}: {msg}"
+            msg = f"{where}: {msg}"
+        if "rejected" in msg or "refused" in msg:
+            msg += " (GOOGLE_SERVICE_ACCOUNT_JSON: create a new key for the service account)"
         return Result("Inventory", FAIL, msg)
-    except Exception as e:  # noqa: BLE001 - HTTP 429/5xx, connection errors, token errors
-        resp = getattr(e, "response", None)
-        code = getattr(resp, "status_code", None)
-        what = f"HTTP {code}" if code else f"{type(e).__name__}: {str(e)[:200]}"
-        hint = " (quota: 60 reads/min per service account; wait a minute)" if code == 429 else ""
-        return Result("Inventory", FAIL, f"{where}: read failed ({what}){hint}")
+    except Exception as e:  # noqa: BLE001 - SourceUnavailable (429/5xx/timeouts/connection errors)
+        return _inventory_failure(e, where, cfg, timeout)
     unknown = [u for u in units if u.status not in equipment.KNOWN_STATUSES]
     known = ", ".join(sorted(equipment.KNOWN_STATUSES))
     if unknown:
@@ -243,68 +357,122 @@ def check_inventory(env: Mapping[str, str], timeout: float) -> Result:
     return Result("Inventory", OK, summary)
 
 
-def check_state_dir(env: Mapping[str, str]) -> Result:
-    import equipment
+def _inventory_unreachable(where: str, cfg: settings.InventorySettings, timeout: float, timed_out: bool) -> Result:
+    api = _where(cfg.api_url, "GOOGLE_SHEETS_API_URL")
+    if timed_out:
+        what = f"no answer within {timeout:g}s"
+    else:
+        what = f"cannot connect to {api if cfg.sheet_id else 'it'}"
+    hint = " (check the network, and GOOGLE_SHEETS_API_URL, normally unset)" if cfg.sheet_id else ""
+    return Result("Inventory", FAIL, f"{where}: unreachable: {what}{hint}")
 
+
+def _inventory_failure(e: BaseException, where: str, cfg: settings.InventorySettings, timeout: float) -> Result:
+    import requests
+
+    for cause in _causes(e):
+        if isinstance(cause, (requests.exceptions.Timeout, TimeoutError)):
+            return _inventory_unreachable(where, cfg, timeout, timed_out=True)
+        if isinstance(cause, (requests.exceptions.ConnectionError, ConnectionError)):
+            return _inventory_unreachable(where, cfg, timeout, timed_out=False)
+        code = getattr(getattr(cause, "response", None), "status_code", None)
+        if code:
+            hint = " (quota: 60 reads/min per service account; wait a minute)" if code == 429 else ""
+            return Result("Inventory", FAIL, f"{where}: read failed (HTTP {code}){hint}")
+    return Result("Inventory", FAIL, f"{where}: read failed ({type(e).__name__})")
+
+
+# ------------------------------------------------------------------------------------------ state dir
+
+
+def check_state_dir(env: Mapping[str, str], errors: list[str]) -> Result:
     raw = (env.get("STATE_DIR") or "").strip()
-    path = Path(raw).expanduser() if raw else Path(equipment.DEFAULT_STATE_DIR)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".preflight-", delete=True) as f:
-            f.write(b"ok")
-    except OSError as e:
-        return Result("State dir", FAIL, f"{path} is not writable ({e.strerror or e}): set STATE_DIR to a "
-                      "writable folder (on Railway, the volume's mount path)")
+    if _bad_var(errors, "STATE_DIR"):
+        return Result("State dir", FAIL, "STATE_DIR is not a folder this process can write (see Settings): set "
+                      "it to a writable folder (on Railway, the volume's mount path)")
+    path = Path(raw).expanduser() if raw else Path(settings.DEFAULT_STATE_DIR)
+    shown = "the folder in STATE_DIR" if settings.looks_secret(raw) else str(path.resolve())
     where = "" if raw else " (the default: on Railway set STATE_DIR to a volume so it survives redeploys)"
-    return Result("State dir", OK, f"{path.resolve()} writable: inventory cache and booking outbox{where}")
+    return Result("State dir", OK, f"{shown} writable: inventory cache and booking outbox{where}")
 
 
 # ------------------------------------------------------------------------------------------ runner
 
 
 async def run_checks(env: Mapping[str, str], timeout: float) -> list[Result]:
-    results = [check_settings(env), check_provider_keys(env)]
-    lk_result, lk = await check_livekit(env, timeout)
-    results.append(lk_result)
-    if lk is not None:
-        try:
-            results.append(await check_dispatch(env, lk, timeout))
-        finally:
-            await lk.aclose()
-    results.append(await asyncio.to_thread(check_inventory, env, timeout))
-    results.append(check_state_dir(env))
-    return results
+    errors = settings.config_errors("check", env)
+    values = settings.Settings.lenient(env)
+    openai_r, deepgram_r, livekit_rs, inventory_r = await asyncio.gather(
+        _guarded("OpenAI", check_provider(OPENAI, env, values.openai_url, _bad_var(errors, OPENAI.url_var),
+                                          timeout, model=values.llm_model)),
+        _guarded("Deepgram", check_provider(DEEPGRAM, env, values.deepgram_url,
+                                            _bad_var(errors, DEEPGRAM.url_var), timeout)),
+        _guarded("LiveKit", livekit_checks(env, errors, values.agent_name, timeout)),
+        _guarded("Inventory", check_inventory(env, timeout)),
+    )
+    livekit_rs = livekit_rs if isinstance(livekit_rs, list) else [livekit_rs]
+    return [check_settings(errors), openai_r, deepgram_r, *livekit_rs, inventory_r, check_state_dir(env, errors)]
+
+
+async def _guarded(name: str, check: Awaitable[T]) -> T | Result:
+    """A check that crashed is a failed check, not a crashed `check`; its message is not shown
+    (it could hold a value)."""
+    try:
+        return await check
+    except Exception as e:  # noqa: BLE001
+        return Result(name, FAIL, f"the check itself failed ({type(e).__name__}); please report this")
+
+
+def secret_values(env: Mapping[str, str]) -> list[str]:
+    """Every value that must never appear in the output: credentials, and whatever looks like one."""
+    found = []
+    for name, value in env.items():
+        value = str(value or "").strip()
+        if len(value) >= 8 and (name in settings.SECRET_VARS or settings.looks_secret(value)):
+            found.append(value)
+    return sorted(found, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """The last guard: no secret value leaves, whatever path printed it."""
+    for s in secrets:
+        text = text.replace(s, "[not shown]")
+    return text
+
+
+def _timeout(raw: str) -> float:
+    value = float(raw)
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise argparse.ArgumentTypeError(f"must be seconds above 0 and at most {MAX_TIMEOUT:g}")
+    return value
 
 
 def main(argv: list[str], env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python agent.py check",
                                      description="Check settings, credentials and the inventory before going live.")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT,
                         help="seconds allowed for each network check (default %(default)s)")
     args = parser.parse_args(argv)
     env = os.environ if env is None else env
     out = out or sys.stdout
     results = asyncio.run(run_checks(env, args.timeout))
+    secrets = secret_values(env)
     for r in results:
         for line in r.lines():
-            print(line, file=out)
+            print(scrub(line, secrets), file=out)
     failed = [r for r in results if r.status == FAIL]
     if failed:
         print(f"{len(failed)} of {len(results)} checks failed: fix the ❌ lines above, then run "
               "`python agent.py check` again.", file=out)
         return 1
     warned = sum(r.status == WARN for r in results)
-    plural = "s" if warned > 1 else ""
-    note = f" ({warned} warning{plural}: see the ⚠️ lines)" if warned else ""
+    note = f" ({_plural(warned, 'warning')}: see the ⚠️ lines)" if warned else ""
     print(f"All checks passed{note}: ready to take calls.", file=out)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        from dotenv import load_dotenv
+    from dotenv import load_dotenv
 
-        load_dotenv()
-    except ImportError:
-        pass
+    load_dotenv()
     sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from datetime import date
 
-DEFAULT_BUSINESS_NAME = "the rental shop"
+from equipment import (
+    MAINTENANCE, MAX_NAME, PENDING, RENTED, Booking, BookingRefused, BookingRequest, RefusalCode, Unit,
+)
 
 
 def greeting(business_name: str) -> str:
@@ -114,23 +116,143 @@ def message_not_saved(can_transfer: bool) -> str:
         + _person_or_later(can_transfer)
     )
 
-# What the model should do for each refusal code from equipment.py (tools put the code in the
-# error they return; the system prompt tells the model what to do with it).
-REFUSAL_ADVICE: dict[str, str] = {
-    "unknown_id": "That item ID does not exist. Look the item up again by name or category.",
-    "not_available": (
-        "That unit is not available. Offer the listed alternatives, if any, with their rates."
-    ),
-    "just_taken": (
-        "Someone else booked that unit a moment ago. Apologise, and offer the listed alternatives."
-    ),
-    "bad_name": "Ask the caller for their name again (first and last name).",
-    "bad_phone": "Ask the caller for a phone number again, digit by digit.",
-    "bad_date": "Ask the caller for the dates again.",
-    "past_date": "That date has passed. Ask for a date from today on.",
-    "end_before_start": "The return date is before the pick-up date. Ask for the dates again.",
-    "inventory_unknown": INVENTORY_UNKNOWN,
+# --------------------------------------------------------------------------------------------
+# How things are said: money, references, units
+
+
+def money(value: float | None) -> str:
+    if value is None:
+        return "rate not listed"
+    return f"${value:,.0f}" if float(value).is_integer() else f"${value:,.2f}"
+
+
+def spell_ref(ref: str) -> str:
+    """R7K3QX -> 'R, 7, K, 3, Q, X': read slowly, one character at a time."""
+    return ", ".join(ch for ch in ref if not ch.isspace())
+
+
+def describe_unit(unit: Unit, *, with_status: bool = False) -> str:
+    parts = [f"{unit.name} (id {unit.id})"]
+    if unit.category:
+        parts.append(f"category {unit.category}")
+    parts.append(f"{money(unit.daily_rate)} per day, {money(unit.weekly_rate)} per week")
+    if with_status:
+        parts.append(f"status {unit.status}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# What the tools return
+
+
+LISTED_AT_ONCE = 8
+
+
+def available_units(units: list[Unit]) -> str:
+    shown = units[:LISTED_AT_ONCE]
+    more = f" ({len(units) - len(shown)} more not listed)" if len(units) > len(shown) else ""
+    return f"Available now{more}:\n" + "\n".join(describe_unit(u) for u in shown)
+
+
+def nothing_available(matching: list[Unit], categories: list[str]) -> str:
+    busy = "; ".join(f"{u.name} (id {u.id}) is {u.status}" for u in matching[:5])
+    return (f"Nothing matching is available right now. {busy}. Offer something similar if the caller "
+            f"wants; categories we carry: {', '.join(categories)}.")
+
+
+def no_match(categories: list[str]) -> str:
+    return (f"No equipment matches that. Categories we carry: {', '.join(categories) or 'none listed'}. "
+            "Ask the caller which fits.")
+
+
+def unit_details(unit: Unit) -> str:
+    text = describe_unit(unit, with_status=True)
+    return f"{text}; description: {unit.description}" if unit.description else text
+
+
+def unknown_unit(equipment_id: str) -> str:
+    return f"There is no item with id {equipment_id!r}. Look it up by name or category first."
+
+
+def booked(booking: Booking) -> str:
+    when = f"from {booking.start.isoformat()} to {booking.end.isoformat()}"
+    if booking.confirmed:
+        return (f"Booked: {booking.equipment_name} {when} for {booking.renter_name}. Reference {booking.ref}. "
+                f"Tell the caller the reference slowly, one character at a time: {spell_ref(booking.ref)}.")
+    return (f"The booking of {booking.equipment_name} {when} is RECORDED but NOT yet confirmed: the booking "
+            "system is slow, so the shop will call the caller to confirm. Say exactly that, and give the "
+            f"reference slowly: {spell_ref(booking.ref)}. Reference {booking.ref}.")
+
+
+def message_saved(ref: str) -> str:
+    return f"Message saved (reference {ref}). Tell the caller the shop will call them back."
+
+
+TRANSFERRING = "Transferring now. Tell the caller, in one short sentence, that you're putting them through."
+
+
+def failed_booking_note(request: BookingRequest) -> str:
+    """What staff read on the call-back request left by a booking that failed."""
+    return (f"Booking request not completed (system error): unit {request.equipment_id}, "
+            f"{request.start.isoformat()} to {request.end.isoformat()}. Call back to confirm.")
+
+
+# --------------------------------------------------------------------------------------------
+# Refusals: what happened, the alternatives, and what the model should do next
+
+
+def refusal_reason(r: BookingRefused) -> str:
+    """What happened, in a sentence a caller (or staff) can read."""
+    unit = f"the {r.unit.name} ({r.unit.id})" if r.unit else "that unit"
+    match r.code:
+        case RefusalCode.UNKNOWN_ID:
+            return f"I can't find equipment {r.requested_id!r} in our inventory."
+        case RefusalCode.NOT_AVAILABLE:
+            status = r.unit.status if r.unit else ""
+            what = ("booked by someone else" if status in (RENTED, PENDING)
+                    else "in maintenance" if status == MAINTENANCE else "not available")
+            return f"{unit[0].upper()}{unit[1:]} is {what} right now."
+        case RefusalCode.JUST_TAKEN:
+            return f"Sorry, {unit} was just taken by another caller."
+        case RefusalCode.BAD_NAME:
+            return (f"That name is too long for a booking; please give a name of at most {MAX_NAME} characters."
+                    if r.why == "too long" else "I need a name to put the booking under.")
+        case RefusalCode.BAD_PHONE:
+            return "That doesn't sound like a phone number; could you give me the number with the area code?"
+        case RefusalCode.BAD_DATE:
+            return ("I didn't get the dates; which day would you like to start and which day will you "
+                    "return it?")
+        case RefusalCode.PAST_DATE:
+            today = f"; today is {r.today.isoformat()}" if r.today else ""
+            return f"That start date is in the past{today}."
+        case RefusalCode.END_BEFORE_START:
+            return "The return date is before the start date."
+        case RefusalCode.INVENTORY_UNKNOWN:
+            return "I can't check the inventory right now, so I can't book it; staff can call you back."
+    return "That booking can't be made."
+
+
+# What the model should do for each refusal code (the tool puts the code in its error).
+REFUSAL_ADVICE: dict[RefusalCode, str] = {
+    RefusalCode.UNKNOWN_ID: "That item ID does not exist. Look the item up again by name or category.",
+    RefusalCode.NOT_AVAILABLE: "That unit is not available. Offer the listed alternatives, if any, with their rates.",
+    RefusalCode.JUST_TAKEN: "Someone else booked that unit a moment ago. Apologise, and offer the listed alternatives.",
+    RefusalCode.BAD_NAME: "Ask the caller for their name again (first and last name).",
+    RefusalCode.BAD_PHONE: "Ask the caller for a phone number again, digit by digit.",
+    RefusalCode.BAD_DATE: "Ask the caller for the dates again.",
+    RefusalCode.PAST_DATE: "That date has passed. Ask for a date from today on.",
+    RefusalCode.END_BEFORE_START: "The return date is before the pick-up date. Ask for the dates again.",
+    RefusalCode.INVENTORY_UNKNOWN: INVENTORY_UNKNOWN,
 }
+
+
+def refusal(r: BookingRefused) -> str:
+    text = f"Booking refused ({r.code.value}): {refusal_reason(r)}"
+    if r.alternatives:
+        text += f" Alternatives available: {'; '.join(describe_unit(u) for u in r.alternatives[:3])}."
+    elif r.code in (RefusalCode.NOT_AVAILABLE, RefusalCode.JUST_TAKEN):
+        text += " There are no alternatives available right now."
+    return f"{text} What to do: {REFUSAL_ADVICE[r.code]}"
 
 
 def system_prompt(business_name: str, today: date, caller_number_hint: str | None = None) -> str:

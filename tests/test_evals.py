@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import equipment
-from tests.test_conversation import (
-    CALLER,
+from tests.fakes.inventory import FakeInventory
+from tests.harness import (
     dates,
     fresh_snapshot,
     one_output,
@@ -89,14 +89,7 @@ async def test_unavailable_unit_gets_alternatives(csv_env, model, judge) -> None
 
 
 async def test_unknown_inventory_is_admitted_honestly(model, judge) -> None:
-    class Down:
-        async def snapshot(self) -> equipment.Snapshot:
-            return equipment.Snapshot(units=None, age=None, source="sheet")
-
-        async def record_callback(self, name: str, phone: str, note: str, call_id: str = "") -> str:
-            return "CB1"
-
-    async with phone_call(Down(), model=model) as c:  # type: ignore[arg-type]
+    async with phone_call(FakeInventory(known=False), model=model) as c:
         result = await c.say("Do you have a pressure washer for this weekend? How much?")
         await result.expect.contains_message(role="assistant").judge(
             judge, intent="Says it cannot check availability or prices right now, gives no price "
@@ -132,5 +125,5 @@ async def test_goodbye_ends_the_call(csv_env, model) -> None:
     async with phone_call(equipment.inventory_from_env(csv_env), model=model) as c:
         result = await c.say("No, that's everything, thanks. Bye!")
         result.expect.contains_function_call(name="end_call")
-        await c.job.wait_for("deleted", timeout=15)
-        assert c.state.caller_number == CALLER
+        await c.job.wait_for("shutdowns", timeout=15)
+        assert c.job.shutdowns == ["agent ended call"] and c.job.deleted

@@ -38,7 +38,7 @@ from tests.fakes.dispatch_server import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-AGENT_PY = Path(os.environ.get("AGENT_PY", ROOT / "agent.py")).resolve()
+AGENT_PY = ROOT / "agent.py"
 RAISING_AGENT_PY = ROOT / "tests" / "fakes" / "raising_agent.py"
 PYTHON = sys.executable
 
@@ -64,9 +64,6 @@ _BLANK = (
     "DRAIN_TIMEOUT", "NUM_IDLE_PROCESSES", "SESSION_START_TIMEOUT", "MAX_CALL_SECONDS",
     "USER_AWAY_SECONDS", "BOOKING_TIMEOUT", "EQUIPMENT_LOAD_TIMEOUT",
 )
-
-pytestmark = pytest.mark.skipif(not AGENT_PY.exists(), reason=f"{AGENT_PY} does not exist yet")
-
 
 def base_env(tmp_path: Path, **overrides: str | None) -> dict[str, str]:
     """The environment of a worker under test: dummy credentials, no Google Sheet, temp state.
@@ -151,7 +148,7 @@ class RunningWorker:
 def _start_worker(script: Path, tmp_path: Path, log_name: str, **overrides: str
                   ) -> Iterator[RunningWorker]:
     with DispatchServer(api_key=API_KEY, api_secret=API_SECRET) as server, HangingListener() as hang:
-        env = base_env(tmp_path, LIVEKIT_URL=server.url, AGENT_PY=str(AGENT_PY), **overrides)
+        env = base_env(tmp_path, LIVEKIT_URL=server.url, **overrides)
         with AgentProcess([str(script), "start"], env=env, cwd=str(ROOT), python=PYTHON,
                           log_path=tmp_path / log_name) as proc:
             worker = RunningWorker(server, hang, proc, env)
@@ -162,8 +159,10 @@ def _start_worker(script: Path, tmp_path: Path, log_name: str, **overrides: str
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningWorker]:
-    """``python agent.py start`` against the stand-in; shared by the tests below, in file order."""
-    yield from _start_worker(AGENT_PY, tmp_path_factory.mktemp("worker"), "agent.log")
+    """``python agent.py start`` against the stand-in; shared by the tests below, in file order.
+    The framework's own variables are set empty, as a copied .env.example leaves them."""
+    yield from _start_worker(AGENT_PY, tmp_path_factory.mktemp("worker"), "agent.log",
+                             NUM_CPUS="", LIVEKIT_LOG_LEVEL="")
 
 
 # --------------------------------------------------------------------------- registration, health
@@ -188,6 +187,16 @@ def test_worker_registers_and_serves_health(worker: RunningWorker) -> None:
     missing = {"livekit.plugins.deepgram", "livekit.plugins.openai", "livekit.plugins.silero"} \
         - set(preload[0].get("packages", []))
     assert not missing, f"not preloaded for job processes: {missing}"
+
+    # empty means the default for the framework's variables too: nothing printed outside the JSON
+    log = worker.proc.log()
+    assert "failed to parse" not in log, worker.diagnostics()
+    assert [ln for ln in log.splitlines() if ln.strip() and not ln.startswith("{")] == [], worker.diagnostics()
+    # one start-up line says what runs
+    [startup] = [r["message"] for r in log_records(log) if r.get("message", "").startswith("🚀 Worker starting:")]
+    for part in ("version=", "agent=equipment-rental", "inventory=CSV ", "state=", "llm=gpt-4o", "stt=deepgram/",
+                 "tts=deepgram>openai", "capacity=10 calls"):
+        assert part in startup, (part, startup)
 
 
 # --------------------------------------------------------------------------- dead rooms

@@ -39,7 +39,21 @@ What it records (``server.messages``, ``server.jobs``, ``server.registrations``,
   JS_CANCELLED). Derived: ``accept_latency`` (accepted request -> answer), ``dispatch_latency``
   (first request -> accepted), ``rejections``, ``run_time`` (assignment -> job end).
 * ``worker_updates``: every ``update_worker`` as ``(t, status, load, job_count)``;
-  ``worker_status`` is the latest status (WS_AVAILABLE / WS_FULL).
+  ``worker_status`` is the latest status (WS_AVAILABLE / WS_FULL), from any worker;
+  ``worker_updates_by_conn[conn]`` the same per connection.
+
+Several workers (a redeploy: the old deployment draining while the new one registers). Every open
+connection that has registered is a worker; a job is offered the way LiveKit's server offers it:
+only to a registered worker with the job's agent name whose latest ``update_worker`` status is
+WS_AVAILABLE (no update yet counts as available; a draining 1.8.9 worker reports WS_FULL), the
+least loaded first (ties: the earliest registered); a refusal moves the job on to another available
+worker, and only when every available one has refused is it retried after ``retry_interval``.
+``Attempt.conn`` and ``JobRecord.conn`` say which connection each request and the assignment went
+to; ``worker_updates_by_conn``, ``status_of(conn)``, ``registration_of(conn)``, ``is_open(conn)``,
+``wait_registered(since=n)`` (a worker registering after the first n),
+``wait_worker_status(conn, status, after=t)`` and ``wait_disconnected(conn=c)`` follow one worker;
+``dispatch(..., to_conn=c)`` offers a job to that connection only, whatever it last reported (a
+probe of what a draining worker answers: LiveKit itself would not offer it one).
 
 Authentication: the stand-in does not check signatures unless ``api_secret`` is given, but it
 refuses (HTTP 401) a connection without a token (``Authorization: Bearer ...`` or ``access_token``
@@ -124,6 +138,7 @@ class Attempt:
     answered_at: float | None = None
     available: bool | None = None
     terminate: bool | None = None
+    conn: int = 0  # the worker connection the request went to
 
 
 @dataclasses.dataclass
@@ -131,7 +146,7 @@ class JobRecord:
     job_id: str
     room_name: str
     url: str
-    conn: int
+    conn: int  # the worker connection of the latest request (the accepting one, once accepted)
     requested_at: float  # the first availability request
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
     answered_at: float | None = None  # the accepting answer (or the last refusal)
@@ -251,7 +266,8 @@ class DispatchServer:
     """The server side of LiveKit's agent-dispatch websocket, on 127.0.0.1:<random port>.
 
     ``url`` is what to put in the worker's ``LIVEKIT_URL`` (``ws://127.0.0.1:<port>``); the worker
-    appends ``/agent``. Only one worker connection is used at a time for dispatching (the latest).
+    appends ``/agent``. Any number of workers may be connected: ``dispatch`` picks one the way
+    LiveKit does (see the module docstring).
     """
 
     def __init__(
@@ -275,6 +291,7 @@ class DispatchServer:
         self.registrations: list[Registration] = []
         self.jobs: dict[str, JobRecord] = {}
         self.worker_updates: list[tuple[float, str, float, int]] = []  # (t, status, load, jobs)
+        self.worker_updates_by_conn: dict[int, list[tuple[float, str, float, int]]] = {}
         self.connection_count = 0
         self.rejected_connections: list[tuple[float, str]] = []  # (t, reason) for 401s
         self.disconnects: list[tuple[float, int]] = []  # (t, conn)
@@ -441,8 +458,11 @@ class DispatchServer:
             elif kind == "availability":
                 a = msg.availability
                 job = self.jobs.get(a.job_id)
-                if job is not None and job.attempts and job.attempts[-1].answered_at is None:
-                    att = job.attempts[-1]
+                att = None
+                if job is not None:
+                    att = next((x for x in reversed(job.attempts)
+                                if x.conn == conn and x.answered_at is None), None)
+                if job is not None and att is not None:
                     att.answered_at = rec.t
                     att.available = a.available
                     att.terminate = a.terminate
@@ -462,9 +482,9 @@ class DispatchServer:
                         job.end_error = u.error
             elif kind == "update_worker":
                 u = msg.update_worker
-                self.worker_updates.append(
-                    (rec.t, agent_pb.WorkerStatus.Name(u.status), u.load, u.job_count)
-                )
+                update = (rec.t, agent_pb.WorkerStatus.Name(u.status), u.load, u.job_count)
+                self.worker_updates.append(update)
+                self.worker_updates_by_conn.setdefault(conn, []).append(update)
             elif kind == "ping":
                 reply = agent_pb.ServerMessage()
                 reply.pong.last_timestamp = msg.ping.timestamp
@@ -507,27 +527,89 @@ class DispatchServer:
         with self._cond:
             return self.worker_updates[-1][1] if self.worker_updates else None
 
-    def _worker_available(self) -> bool:
+    def status_of(self, conn: int) -> str | None:
+        """The latest update_worker status reported on connection ``conn`` (None: none yet)."""
+        with self._cond:
+            updates = self.worker_updates_by_conn.get(conn)
+            return updates[-1][1] if updates else None
+
+    def registration_of(self, conn: int) -> Registration | None:
+        with self._cond:
+            return next((r for r in reversed(self.registrations) if r.conn == conn), None)
+
+    def _open_registrations(self) -> list[Registration]:
+        """One per open connection that has registered (its latest registration)."""
+        seen: dict[int, Registration] = {}
+        for r in self.registrations:
+            if r.conn in self._active:
+                seen[r.conn] = r
+        return list(seen.values())
+
+    def _conn_available(self, conn: int) -> bool:
         # like LiveKit's server: no update yet after registering counts as available
-        return not self.worker_updates or self.worker_updates[-1][1] == "WS_AVAILABLE"
+        updates = self.worker_updates_by_conn.get(conn)
+        return conn in self._active and (not updates or updates[-1][1] == "WS_AVAILABLE")
 
-    def wait_worker_available(self, timeout: float = 30.0) -> bool:
-        """Block until the worker's latest update_worker says WS_AVAILABLE. True if in time."""
-        return self._wait(self._worker_available, timeout)
+    def _available_workers(self, agent_name: str) -> list[Registration]:
+        """Registered, open, this agent name, WS_AVAILABLE: least loaded first, then earliest."""
+        regs = [r for r in self._open_registrations()
+                if r.agent_name == agent_name and self._conn_available(r.conn)]
 
-    def wait_registered(self, timeout: float = 30.0) -> Registration:
-        """Block until a worker has registered on an open connection; return that registration."""
-        if not self._wait(lambda: self.registrations and self.registrations[-1].conn in self._active,
-                          timeout):
+        def load(r: Registration) -> float:
+            updates = self.worker_updates_by_conn.get(r.conn)
+            return updates[-1][2] if updates else 0.0
+
+        return sorted(regs, key=lambda r: (load(r), r.t))
+
+    def _latest_conn(self) -> int | None:
+        return self.registrations[-1].conn if self.registrations else None
+
+    def wait_worker_available(self, timeout: float = 30.0, conn: int | None = None) -> bool:
+        """Block until the worker's latest update_worker says WS_AVAILABLE (``conn``: that
+        connection's worker; default the latest registered). True if in time."""
+
+        def ready() -> bool:
+            c = self._latest_conn() if conn is None else conn
+            return c is not None and self._conn_available(c)
+
+        return self._wait(ready, timeout)
+
+    def wait_worker_status(self, conn: int, status: str, *, after: float | None = None,
+                           timeout: float = 30.0) -> tuple[float, str, float, int] | None:
+        """Block until the worker on ``conn`` sends an update_worker with ``status`` (received
+        after monotonic time ``after`` if given); return that update, or None if not in time."""
+
+        def found() -> tuple[float, str, float, int] | None:
+            return next((u for u in self.worker_updates_by_conn.get(conn, [])
+                         if u[1] == status and (after is None or u[0] > after)), None)
+
+        with self._cond:
+            self._cond.wait_for(found, timeout)
+            return found()
+
+    def wait_registered(self, timeout: float = 30.0, *, since: int = 0) -> Registration:
+        """Block until a worker has registered on an open connection; return that registration.
+        ``since=n``: a registration after the first n (e.g. a second worker: ``since=1``)."""
+        if not self._wait(lambda: len(self.registrations) > since
+                          and self.registrations[-1].conn in self._active, timeout):
             raise TimeoutError(
                 f"no worker registered within {timeout}s "
-                f"(connections={self.connection_count}, 401s={self.rejected_connections})"
+                f"(connections={self.connection_count}, registrations={len(self.registrations)}, "
+                f"401s={self.rejected_connections})"
             )
         with self._cond:
             return self.registrations[-1]
 
-    def wait_disconnected(self, timeout: float = 30.0) -> bool:
-        """Block until no worker connection is open. True if that happened in time."""
+    def is_open(self, conn: int) -> bool:
+        """Whether worker connection ``conn`` is open right now."""
+        with self._cond:
+            return conn in self._active
+
+    def wait_disconnected(self, timeout: float = 30.0, conn: int | None = None) -> bool:
+        """Block until no worker connection is open (``conn``: until that one is closed). True
+        if that happened in time."""
+        if conn is not None:
+            return self._wait(lambda: conn not in self._active, timeout)
         return self._wait(lambda: not self._active, timeout)
 
     def dispatch(
@@ -542,15 +624,20 @@ class DispatchServer:
         accept_timeout: float = 30.0,
         retry: bool = True,
         retry_interval: float = 0.5,
+        to_conn: int | None = None,
     ) -> str:
-        """Offer a room job to the registered worker and, once it accepts, assign it.
+        """Offer a room job to a registered worker and, once it accepts, assign it.
 
-        Like LiveKit's server, it first waits until the worker's latest ``update_worker`` status
-        is WS_AVAILABLE (a 1.8.9 worker in ``start`` reports WS_FULL while the machine's CPU is
-        above 70 %, e.g. for seconds after start-up on 2 cores), then sends an AvailabilityRequest
-        (``job.agent_name`` = the registered agent name unless given) and waits for the answer.
-        A refusal (``available=False``) is retried every ``retry_interval`` s with the same job id
-        when ``retry`` (each try is in ``JobRecord.attempts``), until ``accept_timeout``.
+        Like LiveKit's server, it offers the job only to a worker registered under the job's
+        agent name (default: the latest registration's) whose latest ``update_worker`` status is
+        WS_AVAILABLE, waiting for one if there is none (a 1.8.9 worker in ``start`` reports
+        WS_FULL while full or draining), the least loaded first; it sends it an
+        AvailabilityRequest and waits for the answer. A refusal (``available=False``) moves the
+        job to another available worker; once every available one has refused, it is retried
+        every ``retry_interval`` s with the same job id when ``retry`` (each try, and the
+        connection it went to, is in ``JobRecord.attempts``), until ``accept_timeout``.
+        ``to_conn``: offer it to that connection only, whatever status it last reported (a probe:
+        LiveKit would not offer a job to a worker that reported WS_FULL).
         Once accepted, it sends a JobAssignment carrying ``url`` (the room server the job process
         will connect to) and ``token`` (default: a room-join JWT signed with ``api_key`` /
         ``api_secret`` or a dummy secret). Returns the job id. Raises DispatchError when not
@@ -559,7 +646,7 @@ class DispatchServer:
         """
         return self._call(
             self._adispatch(room_name, url, token, job_id, agent_name, metadata, accept_timeout,
-                            retry, retry_interval),
+                            retry, retry_interval, to_conn),
             accept_timeout + 15,
         )
 
@@ -574,12 +661,16 @@ class DispatchServer:
         accept_timeout: float,
         retry: bool,
         retry_interval: float,
+        to_conn: int | None = None,
     ) -> str:
         with self._cond:
-            if not self.registrations or self.registrations[-1].conn not in self._active:
-                raise DispatchError("no registered worker connection")
-            reg = self.registrations[-1]
-            ws = self._active[reg.conn]
+            regs = self._open_registrations()
+            if to_conn is not None:
+                regs = [r for r in regs if r.conn == to_conn]
+            if not regs:
+                raise DispatchError("no registered worker connection"
+                                    + (f" {to_conn}" if to_conn is not None else ""))
+            name = max(regs, key=lambda r: r.t).agent_name if agent_name is None else agent_name
         job_id = job_id or f"AJ_{uuid.uuid4().hex[:12]}"
         room_sid = f"RM_{uuid.uuid4().hex[:12]}"
         job = agent_pb.Job(
@@ -587,26 +678,40 @@ class DispatchServer:
             dispatch_id=f"AD_{uuid.uuid4().hex[:12]}",
             type=agent_pb.JobType.JT_ROOM,
             room=models.Room(sid=room_sid, name=room_name),
-            agent_name=reg.agent_name if agent_name is None else agent_name,
+            agent_name=name,
             metadata=metadata,
         )
         req = agent_pb.ServerMessage()
         req.availability.job.CopyFrom(job)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + accept_timeout
-        record = JobRecord(job_id=job_id, room_name=room_name, url=url, conn=reg.conn,
+        record = JobRecord(job_id=job_id, room_name=room_name, url=url, conn=0,
                            requested_at=time.monotonic())
         with self._cond:
             self.jobs[job_id] = record
+        refused: set[int] = set()  # workers that refused since the last pause
+
+        def pick() -> int | None:
+            if to_conn is not None:
+                return to_conn if to_conn in self._active else None
+            workers = self._available_workers(name)
+            fresh = [r for r in workers if r.conn not in refused] or workers
+            return fresh[0].conn if fresh else None
+
         while True:
             left = deadline - time.monotonic()
-            if not await loop.run_in_executor(None, self._wait, self._worker_available, max(left, 0)):
-                raise DispatchError(f"job {job_id}: worker not WS_AVAILABLE within {accept_timeout}s "
+            conn = await loop.run_in_executor(None, self._wait, pick, max(left, 0))
+            if not conn:
+                raise DispatchError(f"job {job_id}: no worker WS_AVAILABLE within {accept_timeout}s "
                                     f"(last status {self.worker_status}, {record.rejections} refusals)")
-            attempt = Attempt(requested_at=time.monotonic())
             with self._cond:
+                ws = self._active.get(conn)
+                attempt = Attempt(requested_at=time.monotonic(), conn=conn)
                 record.attempts.append(attempt)
-            await self._send(reg.conn, ws, req)
+                record.conn = conn
+            if ws is None:
+                raise DispatchError(f"job {job_id}: worker connection {conn} closed")
+            await self._send(conn, ws, req)
             left = deadline - time.monotonic()
             answered = await loop.run_in_executor(
                 None, self._wait, lambda: attempt.answered_at is not None, max(left, 0.5)
@@ -618,8 +723,13 @@ class DispatchServer:
             if not retry or time.monotonic() + retry_interval > deadline:
                 raise DispatchError(f"job {job_id}: worker answered available=False "
                                     f"{record.rejections} time(s) (terminate={attempt.terminate}, "
-                                    f"last status {self.worker_status})")
-            await asyncio.sleep(retry_interval)
+                                    f"last status {self.status_of(conn)})")
+            refused.add(conn)
+            with self._cond:
+                others = to_conn is None and any(r.conn not in refused for r in self._available_workers(name))
+            if not others:  # every available worker refused: ask again after a pause
+                refused.clear()
+                await asyncio.sleep(retry_interval)
 
         if token is None:
             token = (
@@ -635,7 +745,7 @@ class DispatchServer:
         assign.assignment.token = token
         with self._cond:
             record.assigned_at = time.monotonic()
-        await self._send(reg.conn, ws, assign)
+        await self._send(record.conn, ws, assign)
         return job_id
 
     def terminate(self, job_id: str) -> None:
@@ -680,9 +790,17 @@ class DispatchServer:
                 "registrations": [dataclasses.asdict(r) for r in self.registrations],
                 "disconnects": list(self.disconnects),
                 "rejected_connections": list(self.rejected_connections),
+                "workers": {
+                    r.conn: {"worker_id": r.worker_id, "agent_name": r.agent_name,
+                             "open": r.conn in self._active,
+                             "statuses": [u[1] for u in self.worker_updates_by_conn.get(r.conn, [])][-5:]}
+                    for r in self.registrations
+                },
                 "jobs": {
                     j.job_id: {
                         "room": j.room_name,
+                        "conn": j.conn,
+                        "offered_to": [a.conn for a in j.attempts],
                         "available": j.available,
                         "rejections": j.rejections,
                         "accept_latency": j.accept_latency,

@@ -8,9 +8,10 @@ secret and issued by the configured key, or the call is refused with 401 ``unaut
 (the way a real server refuses a wrong LIVEKIT_API_SECRET); a token without the needed grant
 gets 403 ``permission_denied``.
 
-Served: ``livekit.RoomService/ListRooms`` (what preflight uses to test credentials) and the
+Served: ``livekit.RoomService/ListRooms`` (what preflight uses to test credentials), the
 ``livekit.SIP`` inbound-trunk and dispatch-rule calls (List/Create/Update/Delete), with state,
-so an idempotent setup can be checked by running it twice.
+so an idempotent setup can be checked by running it twice, and
+``livekit.AgentDispatchService/CreateDispatch`` (telephony/dispatch.py; kept in ``dispatches``).
 
 Every request is recorded in ``requests`` (method, decoded message, headers, JWT claims).
 ``mode = "hang"`` accepts and never answers (to test client timeouts); ``mode = "error500"``
@@ -33,7 +34,7 @@ from typing import Any, Callable
 import jwt
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from livekit.protocol import models, room, sip
+from livekit.protocol import agent_dispatch, models, room, sip
 
 
 @dataclass
@@ -73,6 +74,7 @@ class FakeLiveKit:
         self.trunks: dict[str, sip.SIPInboundTrunkInfo] = {}
         self.rules: dict[str, sip.SIPDispatchRuleInfo] = {}
         self.rooms: list[str] = []
+        self.dispatches: list[agent_dispatch.AgentDispatch] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._release = threading.Event()  # set on stop, frees hanging handlers
@@ -88,6 +90,8 @@ class FakeLiveKit:
             "livekit.SIP/CreateSIPDispatchRule": (sip.CreateSIPDispatchRuleRequest, self._create_rule, "sip_admin"),
             "livekit.SIP/UpdateSIPDispatchRule": (sip.UpdateSIPDispatchRuleRequest, self._update_rule, "sip_admin"),
             "livekit.SIP/DeleteSIPDispatchRule": (sip.DeleteSIPDispatchRuleRequest, self._delete_rule, "sip_admin"),
+            "livekit.AgentDispatchService/CreateDispatch": (agent_dispatch.CreateAgentDispatchRequest,
+                                                            self._create_dispatch, "room_admin"),
         }
 
     # ---------------------------------------------------------------- lifecycle
@@ -121,7 +125,8 @@ class FakeLiveKit:
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-livekit", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-livekit", daemon=True)
         self._thread.start()
         return self
 
@@ -205,7 +210,20 @@ class FakeLiveKit:
             raise TwirpError(403, "permission_denied", "requires roomList grant")
         if grant == "sip_admin" and not (claims.get("sip") or {}).get("admin"):
             raise TwirpError(403, "permission_denied", "requires SIP admin grant")
+        if grant == "room_admin" and not (claims.get("video") or {}).get("roomAdmin"):
+            raise TwirpError(403, "permission_denied", "requires roomAdmin grant")
         return claims
+
+    # ---------------------------------------------------------------- AgentDispatchService
+    def _create_dispatch(self, req: agent_dispatch.CreateAgentDispatchRequest, _c) -> agent_dispatch.AgentDispatch:
+        if not req.agent_name or not req.room:
+            raise TwirpError(400, "invalid_argument", "agent_name and room are required")
+        made = agent_dispatch.AgentDispatch(id=self.new_id("AD_"), agent_name=req.agent_name, room=req.room,
+                                            metadata=req.metadata)
+        self.dispatches.append(made)
+        if req.room not in self.rooms:  # a dispatch creates its room
+            self.rooms.append(req.room)
+        return made
 
     # ---------------------------------------------------------------- RoomService
     def _list_rooms(self, req: room.ListRoomsRequest, _c) -> room.ListRoomsResponse:

@@ -19,12 +19,18 @@ It answers, on 127.0.0.1:
   sheetId; appendCells/updateCells of string values on a sheetId; all-or-nothing)
 
 ``sheets.counts[kind]`` counts every request received (faulted ones too). Faults, per kind (or "*"):
-``fail(kind, status, times=None)``, ``delay(kind, seconds, times=None)``, ``reset(kind, times=None)``
+``fail(kind, status, times=None, message=None)``, ``delay(kind, seconds, times=None)`` (the request is applied
+after the delay, even if the client gave up meanwhile: a late write), ``reset(kind, times=None)``
 (connection reset, no response), ``hang(kind, times=None)`` (no response until ``release()`` or
-``stop()``), ``forbid()`` (403 on every /v4 path, as for a sheet not shared with the account).
-``times=None`` means always; ``clear_faults()`` removes them. ``after(kind, fn, times=1)`` runs
-``fn()`` right after a request of that kind was applied (before its answer is sent): another
-writer landing in between two requests of the code under test.
+``stop()``; not applied), ``hang_after(kind, times=None)`` (applied at once, then no response until
+``release()``: a write that landed but whose answer was lost), ``hold(kind, times=None)`` (no
+answer, and applied only when ``let_through()`` is called: a write that lands late, at a moment the
+test chooses), ``forbid()`` (403 on every /v4
+path, as for a sheet not shared with the account). Every fault takes ``when="text"``: it then
+applies only to requests whose path or body contains that text (a booking ref, a range).
+``times=None`` means always; ``clear_faults()`` removes them. ``after(kind, fn, times=1,
+when=None)`` runs ``fn()`` right after a request of that kind was applied (before its answer is
+sent): another writer landing in between two requests of the code under test.
 
 Values are stored as written: RAW values verbatim. A USER_ENTERED string starting with "=" is
 treated as a formula, as Sheets would: the cell then reads back as "#FORMULA" and the write is
@@ -33,10 +39,7 @@ recorded in ``sheets.formula_writes`` (so a test can prove caller text was sent 
 ``service_account_info()`` gives a service-account dict whose token_uri points here and whose
 private_key is a fresh RSA key. ``install_network_guard()`` makes any non-loopback connect raise.
 
-Also runnable as a child process for cross-process tests (see ``child_main``):
-    python -m tests.fakes.sheets_server child snapshot
-    python -m tests.fakes.sheets_server child book EQ-ID "Name" "+1 555 123 4567" 2030-01-02 2030-01-03
-The child reads its environment, waits until START_AT (epoch seconds) if set, and prints one JSON line.
+The child process of the cross-process tests is ``tests/fakes/child.py``.
 """
 
 from __future__ import annotations
@@ -146,6 +149,7 @@ class SheetsStandIn:
         self._forbidden = False
         self._lock = threading.RLock()
         self._release = threading.Event()
+        self._let_through = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._tokens = 0
@@ -162,6 +166,7 @@ class SheetsStandIn:
 
     def stop(self) -> None:
         self._release.set()  # let hung handlers go
+        self._let_through.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -233,39 +238,56 @@ class SheetsStandIn:
             self.requests.clear()
 
     # -- faults ---------------------------------------------------------------------------------
-    def _add_fault(self, kind: str, fault: dict[str, Any], times: int | None) -> None:
+    def _add_fault(self, kind: str, fault: dict[str, Any], times: int | None, when: str | None = None) -> None:
         fault["remaining"] = times
+        fault["when"] = when
         with self._lock:
             self._faults.setdefault(kind, []).append(fault)
 
-    def fail(self, kind: str, status: int = 500, times: int | None = None) -> None:
-        self._add_fault(kind, {"action": "status", "status": status}, times)
+    def fail(self, kind: str, status: int = 500, times: int | None = None, when: str | None = None,
+             message: str | None = None) -> None:
+        self._add_fault(kind, {"action": "status", "status": status, "message": message}, times, when)
 
-    def delay(self, kind: str, seconds: float, times: int | None = None) -> None:
-        self._add_fault(kind, {"action": "delay", "seconds": seconds}, times)
+    def delay(self, kind: str, seconds: float, times: int | None = None, when: str | None = None) -> None:
+        self._add_fault(kind, {"action": "delay", "seconds": seconds}, times, when)
 
-    def reset(self, kind: str, times: int | None = None) -> None:
-        self._add_fault(kind, {"action": "reset"}, times)
+    def reset(self, kind: str, times: int | None = None, when: str | None = None) -> None:
+        self._add_fault(kind, {"action": "reset"}, times, when)
 
-    def hang(self, kind: str, times: int | None = None) -> None:
+    def hang(self, kind: str, times: int | None = None, when: str | None = None) -> None:
         self._release.clear()
-        self._add_fault(kind, {"action": "hang"}, times)
+        self._add_fault(kind, {"action": "hang"}, times, when)
+
+    def hang_after(self, kind: str, times: int | None = None, when: str | None = None) -> None:
+        self._release.clear()
+        self._add_fault(kind, {"action": "hang_after"}, times, when)
+
+    def hold(self, kind: str, times: int | None = None, when: str | None = None) -> None:
+        self._let_through.clear()
+        self._add_fault(kind, {"action": "hold"}, times, when)
+
+    def let_through(self) -> None:
+        """Applies every held request now (their clients have long given up)."""
+        self._let_through.set()
 
     def release(self) -> None:
-        """Lets every hung request go (it then gets a connection reset) and removes hang faults."""
+        """Lets every hung request go (it then gets a connection reset) and removes hang faults;
+        held requests are applied."""
         with self._lock:
             for faults in self._faults.values():
-                faults[:] = [f for f in faults if f["action"] != "hang"]
+                faults[:] = [f for f in faults if f["action"] not in ("hang", "hang_after", "hold")]
         self._release.set()
+        self._let_through.set()
 
-    def after(self, kind: str, fn: Any, times: int | None = 1) -> None:
+    def after(self, kind: str, fn: Any, times: int | None = 1, when: str | None = None) -> None:
         with self._lock:
-            self._after.append({"kind": kind, "fn": fn, "remaining": times})
+            self._after.append({"kind": kind, "fn": fn, "remaining": times, "when": when})
 
-    def _run_after(self, kind: str) -> None:
+    def _run_after(self, kind: str, text: str = "") -> None:
         with self._lock:
             hooks = [h for h in self._after if h["kind"] in (kind, "*")
-                     and (h["remaining"] is None or h["remaining"] > 0)]
+                     and (h["remaining"] is None or h["remaining"] > 0)
+                     and (h.get("when") is None or h["when"] in text)]
             for h in hooks:
                 if h["remaining"] is not None:
                     h["remaining"] -= 1
@@ -282,11 +304,13 @@ class SheetsStandIn:
             self._forbidden = False
         self._release.set()
 
-    def _take_fault(self, kind: str) -> dict[str, Any] | None:
+    def _take_fault(self, kind: str, text: str = "") -> dict[str, Any] | None:
         with self._lock:
             for key in (kind, "*"):
                 faults = self._faults.get(key) or []
                 for f in faults:
+                    if f.get("when") is not None and f["when"] not in text:
+                        continue
                     if f["remaining"] is None or f["remaining"] > 0:
                         if f["remaining"] is not None:
                             f["remaining"] -= 1
@@ -320,19 +344,24 @@ class SheetsStandIn:
         with self._lock:
             self.counts[kind] += 1
             self.requests.append((kind, method, path))
-        fault = self._take_fault(kind)
+        text = path + "\n" + body.decode("utf-8", "replace")
+        fault = self._take_fault(kind, text)
+        hang_after = False
         if fault:
             action = fault["action"]
+            hang_after = action == "hang_after"
             if action == "delay":
                 time.sleep(fault["seconds"])
             elif action == "status":
                 status = fault["status"]
-                return h.reply(status, _error(status, f"injected {status}"))
+                return h.reply(status, _error(status, fault.get("message") or f"injected {status}"))
             elif action == "reset":
                 raise _Reset()
             elif action == "hang":
                 self._release.wait(120)
                 raise _Reset()
+            elif action == "hold":
+                self._let_through.wait(120)
         if kind == "token":
             self._tokens += 1
             return h.reply(200, {"access_token": f"stand-in-token-{self._tokens}",
@@ -355,7 +384,10 @@ class SheetsStandIn:
         except _BadRange as e:
             status, payload = 400, _error(400, f"Unable to parse range: {e}", "INVALID_ARGUMENT")
         if status < 300:
-            self._run_after(kind)
+            self._run_after(kind, text)
+        if hang_after:  # applied, but the answer never comes
+            self._release.wait(120)
+            raise _Reset()
         h.reply(status, payload)
 
     @staticmethod
@@ -654,58 +686,13 @@ def remove_network_guard() -> None:
     _guard_installed = False
 
 
-# ---------------------------------------------------------------------------------------------
-# child process for cross-process tests
-
-
-def child_main(argv: list[str]) -> int:
-    import asyncio
-    import os
-    import sys
-
-    install_network_guard()
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    import equipment
-
-    start_at = float(os.environ.get("START_AT") or 0)
-
-    async def run() -> dict[str, Any]:
-        inv = equipment.inventory_from_env(os.environ)
-        now = time.time()
-        if start_at > now:
-            await asyncio.sleep(start_at - now)
-        t0 = time.monotonic()
-        try:
-            if argv[0] == "snapshot":
-                snap = await inv.snapshot()
-                out = {"known": snap.known, "age": snap.age, "source": snap.source,
-                       "n": None if snap.units is None else len(snap.units),
-                       "statuses": None if snap.units is None else {u.id: u.status for u in snap.units}}
-            elif argv[0] == "book":
-                eid, name, phone, start, end = argv[1:6]
-                try:
-                    b = await inv.book(eid, name, phone, start, end, call_id=f"pid-{os.getpid()}")
-                    out = {"ok": True, "ref": b.ref, "confirmed": b.confirmed}
-                except equipment.BookingRefused as e:
-                    out = {"ok": False, "code": e.code, "alternatives": [u.id for u in e.alternatives]}
-            else:
-                raise SystemExit(f"unknown child command {argv[0]}")
-            out["elapsed"] = time.monotonic() - t0
-            return out
-        finally:
-            close = getattr(inv, "close", None)
-            if close is not None:
-                await close(timeout=float(os.environ.get("CHILD_CLOSE_TIMEOUT") or 10))
-
-    out = asyncio.run(run())
-    print(json.dumps(out), flush=True)
-    # don't wait for background refresh threads (daemon) on the way out
-    os._exit(0)
-
-
 if __name__ == "__main__":
+    # The child CLI moved to tests/fakes/child.py; this forward keeps `python -m
+    # tests.fakes.sheets_server child ...` (bench/inventory_numbers.py) working until it is updated.
     import sys
 
     if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        raise SystemExit(child_main(sys.argv[2:]))
-    raise SystemExit("usage: python -m tests.fakes.sheets_server child snapshot|book ...")
+        from tests.fakes.child import main
+
+        main(sys.argv[2:])
+    raise SystemExit("usage: python -m tests.fakes.child snapshot|book ...")

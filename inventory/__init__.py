@@ -1,0 +1,1 @@
+"""The inventory machinery behind equipment.py (see its docstring for the map)."""

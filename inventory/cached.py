@@ -1,0 +1,172 @@
+"""CachedInventory: the Inventory behind equipment.py. It decides *when* things happen (serve the
+shared snapshot, refresh it in the background, book, replay the outbox, wait at call end); the
+cache, the outbox and the booker decide *how*, on the State (SQLite or PostgreSQL). Every read
+of the State runs off the event loop: a slow database never stalls the call's audio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from inventory.background import Background
+from inventory.booking import Booker
+from inventory.cache import CachedUnits, RefreshResult, SnapshotCache
+from inventory.model import (
+    Booking, BookingRefused, BookingRequest, CallbackRequest, InventoryConfigError, RefusalCode, Snapshot,
+)
+from inventory.outbox import Outbox
+from inventory.retry import failure, with_retries
+from inventory.state import State, StateUnavailable
+from inventory.table import Store
+from settings import InventorySettings
+
+logger = logging.getLogger("equipment")
+
+
+class CachedInventory:
+    def __init__(self, cfg: InventorySettings, store: Store, state: State):
+        self.cfg = cfg
+        self.store = store
+        self.state = state
+        self.outbox = Outbox(state)
+        self.cache = SnapshotCache(state, store, cfg.cache_ttl)
+        self.booker = Booker(cfg, store, self.outbox, self.cache, state)
+        self.background = Background()
+        self._refresh: asyncio.Future[RefreshResult] | None = None
+
+    # -- the snapshot -----------------------------------------------------------------------------
+    def _snapshot(self, cached: CachedUnits) -> Snapshot:
+        return Snapshot(cached.units, cached.age(), self.store.source)
+
+    def _refresh_then_settle(self) -> RefreshResult:
+        """A refresh, then (after a real read) what the outbox holds gets its chance."""
+        result = self.cache.refresh(force=False, budget=self.cfg.retry_budget)
+        if result is RefreshResult.LOADED:
+            try:
+                if self.outbox.pending():
+                    self.booker.replay()
+            except Exception as e:  # noqa: BLE001 - the refresh itself succeeded
+                logger.warning("Outbox replay after refresh failed: %s", failure(e))
+        return result
+
+    def _start_refresh(self) -> asyncio.Future[RefreshResult]:
+        if self._refresh is not None and not self._refresh.done():
+            return self._refresh
+        fut = self.background.track(self.background.run(self._refresh_then_settle, name="equipment-refresh"))
+
+        def report(f: asyncio.Future[RefreshResult]) -> None:
+            if f.cancelled() or f.exception() is None:
+                return
+            e = f.exception()
+            if isinstance(e, InventoryConfigError):
+                logger.error("Equipment refresh failed: %s", e)
+            with contextlib.suppress(Exception):
+                cached = self.cache.read()
+                if cached is not None:
+                    logger.warning("Equipment loading timed out - still serving the last good snapshot "
+                                   "(age: %.1fs): %s", cached.age(), e)
+
+        fut.add_done_callback(report)
+        self._refresh = fut
+        return fut
+
+    async def _read(self) -> CachedUnits | None:
+        """The shared snapshot, read off the loop; None when there is none or the State is down."""
+        try:
+            return await self.background.run(self.cache.read, name="equipment-read")
+        except StateUnavailable as e:
+            logger.warning("Equipment snapshot unavailable (%s)", e)
+            return None
+
+    async def snapshot(self) -> Snapshot:
+        cached = await self._read()
+        if cached is not None:
+            logger.debug("Using cached equipment data (age: %.1fs)", cached.age())
+            if not self.cache.is_fresh(cached):
+                logger.info("Cache expired or empty - reloading equipment")
+                self._start_refresh()  # stale-while-revalidate: never awaited here
+            return self._snapshot(cached)
+
+        logger.info("Cache expired or empty - reloading equipment")
+        deadline = time.monotonic() + self.cfg.load_timeout
+        fut = self._start_refresh()
+        started = time.monotonic()
+        failed: BaseException | None = None
+        while True:
+            cached = await self._read()
+            if cached is not None:
+                return self._snapshot(cached)
+            if fut.done() and not fut.cancelled():
+                failed = fut.exception()
+                if failed is not None:
+                    break
+                # BUSY: another process holds the refresh lock; poll its file, and take over if
+                # that process dies (flock is released with it)
+                if fut.result() is RefreshResult.BUSY and time.monotonic() - started > 0.25:
+                    fut, started = self._start_refresh(), time.monotonic()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if fut.done():
+                await asyncio.sleep(min(0.05, left))
+            else:
+                await asyncio.wait({fut}, timeout=min(0.05, left))
+        why = f"the source failed: {failed}" if failed else f"no answer within {self.cfg.load_timeout:.1f}s"
+        logger.warning("Equipment loading timed out - no equipment data on this machine yet, continuing with "
+                       "inventory unknown (age: n/a; %s)", why)
+        return Snapshot(None, None, self.store.source)
+
+    # -- writes -----------------------------------------------------------------------------------
+    async def book(self, request: BookingRequest) -> Booking:
+        """Raises BookingRefused; returns the booking, confirmed or kept in the outbox."""
+        snap = await self.snapshot()
+        unit = snap.find(request.equipment_id)
+        if snap.known:
+            if unit is None:
+                raise BookingRefused(RefusalCode.UNKNOWN_ID, requested_id=request.equipment_id)
+            if not unit.available:
+                raise BookingRefused(RefusalCode.NOT_AVAILABLE, unit=unit, alternatives=snap.alternatives(unit))
+        # tracked: close() at call end waits (bounded) for a booking still in flight
+        return await self.background.run_tracked(self.booker.book, request, unit, snap, name="equipment-book")
+
+    async def record_callback(self, request: CallbackRequest) -> str:
+        return await self.background.run_tracked(self.booker.record_callback, request, name="equipment-callback")
+
+    async def replay_outbox(self) -> int:
+        try:
+            if not await self.background.run(self.outbox.pending, name="equipment-outbox"):
+                return 0
+            return await self.background.run_tracked(self.booker.replay, name="equipment-replay")
+        except Exception as e:  # noqa: BLE001 - kept; a later refresh or shutdown retries
+            logger.warning("Outbox replay failed, will retry on a later refresh: %s", failure(e))
+            return 0
+
+    # -- preflight and shutdown -------------------------------------------------------------------
+    async def check(self) -> int:
+        """Reads the source directly (no cache): the number of units, or InventoryConfigError
+        naming what is wrong, or SourceUnavailable."""
+        def read() -> int:
+            deadline = time.monotonic() + max(self.cfg.retry_budget, 0.5)
+            return len(with_retries(self.store.read_table, deadline, "read").units())
+        return await self.background.run(read, name="equipment-check")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """At call end and worker shutdown: waits (bounded) for refreshes, bookings and call-backs
+        still in flight, then replays the outbox if it holds anything. Never raises. What is
+        still running after the timeout is in the outbox already (write-ahead)."""
+        try:
+            deadline = time.monotonic() + max(timeout, 0.0)
+            still = await self.background.wait(timeout)
+            if still and timeout > 0:
+                logger.warning("Shutdown: %d equipment task(s) still running after %.1fs (a booking among "
+                               "them is in the outbox and will be replayed)", still, timeout)
+            left = deadline - time.monotonic()
+            if left > 0 and await asyncio.wait_for(self.background.run(self.outbox.pending, name="equipment-outbox"),
+                                                   left):
+                left = deadline - time.monotonic()
+                await asyncio.wait_for(asyncio.shield(self.background.run(self.booker.replay,
+                                                                          name="equipment-replay")), max(left, 0.01))
+        except Exception as e:  # noqa: BLE001
+            logger.warning("Outbox replay at shutdown did not finish: %s", failure(e))

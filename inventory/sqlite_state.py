@@ -1,0 +1,181 @@
+"""The State on one machine: SQLite in STATE_DIR (WAL, every commit synced), file locks for
+single flight and per-unit serialisation. Every call is its own process: each opens the file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import filelock
+
+from inventory.files import Locks
+from inventory.state import (
+    SCHEMA_VERSION, LockTimeout, OutboxRow, StateUnavailable, StoredSnapshot, finite, loads_object, loads_units,
+)
+
+DB_FILE = "state.db"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshot (
+    origin TEXT PRIMARY KEY, units TEXT NOT NULL, read_at REAL NOT NULL, read_started REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS status_override (
+    origin TEXT NOT NULL, unit TEXT NOT NULL, status TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (origin, unit));
+CREATE TABLE IF NOT EXISTS outbox (
+    ref TEXT PRIMARY KEY, kind TEXT NOT NULL, unit TEXT NOT NULL DEFAULT '', payload TEXT NOT NULL,
+    created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    uncertain_at REAL, settled_at REAL, outcome TEXT);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (settled_at, created_at);
+"""
+
+
+class SqliteState:
+    engine = "sqlite"
+
+    def __init__(self, state_dir: Path, locks: Locks | None = None):
+        self.dir = Path(state_dir)
+        self.path = self.dir / DB_FILE
+        self.where = str(self.path)
+        self.locks = locks or Locks(self.dir)
+        self._local = threading.local()
+        self._ready = False
+
+    # -- connections --------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")  # the outbox must survive a power cut
+                if not self._ready:
+                    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                        conn.executescript(SCHEMA)
+                        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    self._ready = True
+            except sqlite3.Error as e:
+                raise StateUnavailable(f"SQLite state {self.path}: {e}") from e
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise StateUnavailable(f"SQLite state {self.path}: {e}") from e
+            raise
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise StateUnavailable(f"SQLite state {self.path}: {e}") from e
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- the snapshot -------------------------------------------------------------------------
+    def snapshot(self, origin: str) -> StoredSnapshot | None:
+        rows = self._query("SELECT units, read_at FROM snapshot WHERE origin = ?", (origin,))
+        if not rows:
+            return None
+        units, read_at = loads_units(rows[0][0]), finite(rows[0][1])
+        if units is None or read_at is None:
+            return None  # written by something else: one refresh replaces it
+        overrides = dict(self._query("SELECT unit, status FROM status_override WHERE origin = ?", (origin,)))
+        return StoredSnapshot(units, read_at, overrides, frozenset(self.held_units()))
+
+    def save_snapshot(self, origin: str, units: list[dict[str, Any]], read_started: float, read_at: float) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO snapshot (origin, units, read_at, read_started) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (origin) DO UPDATE SET units = excluded.units, read_at = excluded.read_at, "
+                         "read_started = excluded.read_started", (origin, json.dumps(units), read_at, read_started))
+            # a status a booking set while this read was in flight may be newer than the read
+            conn.execute("DELETE FROM status_override WHERE origin = ? AND at < ?", (origin, read_started - 1.0))
+
+    def patch(self, origin: str, changes: Mapping[str, str], at: float) -> None:
+        with self._tx() as conn:
+            conn.executemany("INSERT INTO status_override (origin, unit, status, at) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT (origin, unit) DO UPDATE SET status = excluded.status, at = excluded.at",
+                             [(origin, unit, status, at) for unit, status in changes.items()])
+
+    # -- serialisation ------------------------------------------------------------------------
+    def refresh_turn(self, origin: str) -> contextlib.AbstractContextManager[bool]:
+        return self.locks.held_if_free("refresh")
+
+    def replay_turn(self) -> contextlib.AbstractContextManager[bool]:
+        return self.locks.held_if_free("replay")
+
+    @contextlib.contextmanager
+    def unit_lock(self, unit: str, timeout: float) -> Iterator[None]:
+        lock = self.locks.unit(unit, timeout)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise LockTimeout(f"unit {unit} is being booked by another process") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def unit_lock_if_free(self, unit: str) -> contextlib.AbstractContextManager[bool]:
+        return self.locks.held_if_free(self.locks.unit_name(unit))
+
+    # -- the outbox ---------------------------------------------------------------------------
+    def add(self, ref: str, kind: str, unit: str, payload: Mapping[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO outbox (ref, kind, unit, payload, created_at) VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT (ref) DO NOTHING",
+                         (ref, kind, unit, json.dumps(dict(payload), ensure_ascii=False), time.time()))
+
+    def pending(self) -> list[OutboxRow]:
+        out = []
+        for ref, kind, payload, attempts, uncertain_at, created_at in self._query(
+                "SELECT ref, kind, payload, attempts, uncertain_at, created_at FROM outbox "
+                "WHERE settled_at IS NULL ORDER BY created_at, ref"):
+            data = loads_object(payload)
+            out.append(OutboxRow(ref, kind, data if data is not None else {}, int(attempts or 0),
+                                 finite(uncertain_at), float(created_at or 0.0)))
+        return out
+
+    def held_units(self) -> set[str]:
+        return {u for (u,) in self._query("SELECT DISTINCT unit FROM outbox WHERE kind = 'book' "
+                                          "AND settled_at IS NULL AND unit != ''")}
+
+    def attempt(self, ref: str, reason: str) -> int:
+        with self._tx() as conn:
+            conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE ref = ?", (reason[:300], ref))
+            row = conn.execute("SELECT attempts FROM outbox WHERE ref = ?", (ref,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def mark_uncertain(self, ref: str, at: float) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE outbox SET uncertain_at = ? WHERE ref = ?", (at, ref))
+
+    def settle(self, ref: str, outcome: str) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE outbox SET settled_at = ?, outcome = ? WHERE ref = ? AND settled_at IS NULL",
+                         (time.time(), outcome, ref))
+
+    def is_settled(self, ref: str) -> bool:
+        return bool(self._query("SELECT 1 FROM outbox WHERE ref = ? AND settled_at IS NOT NULL", (ref,)))
+
+    def forget_settled(self, before: float) -> int:
+        with self._tx() as conn:
+            return conn.execute("DELETE FROM outbox WHERE settled_at IS NOT NULL AND settled_at < ?",
+                                (before,)).rowcount
