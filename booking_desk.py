@@ -13,11 +13,12 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 import prompts
 from call_control import CallState
-from equipment import Booking, BookingRefused, BookingRequest, CallbackRequest, Inventory
+from equipment import Booking, BookingRefused, BookingRequest, CallbackRequest, ChangeRequest, Inventory
 
 logger = logging.getLogger("rental-agent")
 T = TypeVar("T")
@@ -96,7 +97,7 @@ class BookingDesk:
         try:
             write = self._start(lambda: self.inventory.book(request))
         except Exception as e:  # book() could not even be started
-            return await self._failed(e, request)
+            return await self._failed_booking(e, request)
         self._open_writes.add(write)
         try:
             booking = await wait_for_write(write, self.timeout)
@@ -112,7 +113,7 @@ class BookingDesk:
                 return StillWriting()
             # anything else (a bug, a store error that escaped): keep the details for a call-back
             self._open_writes.discard(write)
-            return await self._failed(e, request)
+            return await self._failed_booking(e, request)
         self._open_writes.discard(write)
         self.call.booking_refs.append(booking.ref)
         state = "confirmed" if booking.confirmed else "PENDING (kept in the outbox)"
@@ -120,20 +121,51 @@ class BookingDesk:
                     f"{booking.start.isoformat()}..{booking.end.isoformat()}")
         return Booked(booking)
 
-    async def _failed(self, error: BaseException, request: BookingRequest) -> NotBooked:
-        """A booking that failed unexpectedly: one ❌ line and a call-back request for staff."""
-        logger.error(f"❌ Booking of unit {request.equipment_id} failed: {error!r}"[:300])
-        note = prompts.failed_booking_note(request)
+    async def change(self, request: ChangeRequest, today: date, name: str, number: str) -> BookingOutcome:
+        """Extends, moves or cancels one of the caller's bookings, with the same timeout and
+        call-back policy as a booking."""
+        what = f"{'Cancellation' if request.cancel else 'Change'} of booking {request.ref}"
+        note = prompts.failed_change_note(request)
         try:
-            outcome = await self.take_message(CallbackRequest(request.renter_name, request.renter_phone, note,
-                                                              self.call.call_id))
+            write = self._start(lambda: self.inventory.change(request, today))
+        except Exception as e:
+            return await self._failed(e, what, name, number, note)
+        try:
+            booking = await wait_for_write(write, self.timeout)
+        except BookingRefused as refused:
+            logger.info(f"🚫 {what} refused ({refused.code})")
+            return Refused(refused)
+        except Exception as e:
+            if isinstance(e, asyncio.TimeoutError) and not write.done():
+                logger.error(f"❌ {what} still not done after {self.timeout:.0f}s (BOOKING_TIMEOUT); left running")
+
+                def late(w: asyncio.Future[Booking]) -> None:
+                    if w.cancelled() or w.exception() is not None:
+                        error = w.exception() if not w.cancelled() else asyncio.CancelledError()
+                        self._spawn(self._failed(error, what, name, number, note), "late_change_callback")
+
+                write.add_done_callback(late)
+                return StillWriting()
+            return await self._failed(e, what, name, number, note)
+        logger.info(f"📝 {what}: {'done' if booking.confirmed else 'PENDING (kept in the outbox)'}")
+        return Booked(booking)
+
+    async def _failed(self, error: BaseException, what: str, name: str, number: str, note: str) -> NotBooked:
+        """A write that failed unexpectedly: one ❌ line and a call-back request for staff."""
+        logger.error(f"❌ {what} failed: {error!r}"[:300])
+        try:
+            outcome = await self.take_message(CallbackRequest(name, number, note, self.call.call_id))
         except BookingRefused as refused:
             outcome = NotSaved(f"refused ({refused.code})")
         if isinstance(outcome, Saved):
-            logger.info(f"📝 Call-back request {outcome.ref} recorded for the failed booking")
+            logger.info(f"📝 Call-back request {outcome.ref} recorded for the failed request")
         elif isinstance(outcome, NotSaved):
-            logger.warning(f"⚠️ The failed booking could not be recorded for a call-back: {outcome.why}"[:300])
+            logger.warning(f"⚠️ The failed request could not be recorded for a call-back: {outcome.why}"[:300])
         return NotBooked(outcome)
+
+    async def _failed_booking(self, error: BaseException, request: BookingRequest) -> NotBooked:
+        return await self._failed(error, f"Booking of unit {request.equipment_id}", request.renter_name,
+                                  request.renter_phone, prompts.failed_booking_note(request))
 
     def _late_booking(self, write: asyncio.Future[Booking], request: BookingRequest) -> None:
         self._open_writes.discard(write)
@@ -141,7 +173,7 @@ class BookingDesk:
             error = write.exception() if not write.cancelled() else asyncio.CancelledError()
             logger.warning(f"⚠️ Late booking did not complete: {error!r}"[:300])
             # the caller was told the shop will call to confirm: make sure staff know to
-            self._spawn(self._failed(error, request), "late_booking_callback")
+            self._spawn(self._failed_booking(error, request), "late_booking_callback")
             return
         booking = write.result()
         self.call.booking_refs.append(booking.ref)

@@ -7,9 +7,17 @@ The machinery is in the `inventory/` package (named so it does not shadow this m
     sheets.py       the Google Sheet as a store (gspread, one values GET per read, RAW writes)
     csv_store.py    the embedded CSV as a store, same columns and behaviour
     table.py        a worksheet as read; the Bookings row; the Store interface both implement
-    cache.py        the snapshot every call on the machine shares, single-flight refresh
+    snapshot.py     what a call sees: units, reservations, policies; free when, for how much
+    reservations.py reservations and the calendar of who has what when
+    quote.py        what a rental costs, worked out in code
+    policy.py       the shop's policies from its Settings tab (hours, tax, waiver, deposit)
+    cache.py        the snapshot every call shares, single-flight refresh
     outbox.py       the write-ahead outbox: nothing a caller was told is lost
-    booking.py      booking, call-backs and outbox replay against a store
+    booking.py      booking and call-backs against a store
+    changes.py      extending, moving and cancelling a booking
+    replay.py       writing what the outbox holds
+    sheet_rows.py   rows changed by identity (developer metadata), never by row number
+    google_http.py  the Sheets API client: credentials, bounded requests
     background.py   blocking work off the event loop, tracked, late outcomes logged
     retry.py        our bounded retry (gspread's never gives up on a 429)
     files.py        durable writes and file locks under STATE_DIR
@@ -24,6 +32,7 @@ The machinery is in the `inventory/` package (named so it does not shadow this m
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Mapping, Protocol
 
@@ -34,18 +43,23 @@ from inventory.csv_store import CsvStore
 from inventory.engines import open_state
 from inventory.files import Locks
 from inventory.model import (
-    AVAILABLE, KNOWN_STATUSES, MAINTENANCE, MAX_NAME, PENDING, RENTED, Booking, BookingNotRecorded, BookingRefused,
-    BookingRequest, CallbackRequest, InventoryConfigError, RefusalCode, Snapshot, SourceUnavailable, Unit,
-    parse_booking, parse_callback,
+    AVAILABLE, KNOWN_STATUSES, MAINTENANCE, MAX_NAME, RENTABLE, RENTED, RETIRED, Booking, BookingNotRecorded, BookingRefused,
+    BookingRequest, CallbackRequest, ChangeRequest, InventoryConfigError, RefusalCode, SourceUnavailable, Unit,
+    parse_booking, parse_callback, parse_dates,
 )
+from inventory.policy import ShopPolicy
+from inventory.quote import NoPrice, Quote
+from inventory.reservations import Reservation
+from inventory.snapshot import Snapshot
 from inventory.sheets import SheetStore
-from inventory.table import Store
+from inventory.table import CheckReport, Store
 
 __all__ = [
-    "AVAILABLE", "KNOWN_STATUSES", "MAINTENANCE", "MAX_NAME", "PENDING", "RENTED", "Booking", "BookingNotRecorded",
-    "BookingRefused", "BookingRequest", "CachedInventory", "CallbackRequest", "Inventory", "InventoryConfigError",
-    "RefusalCode", "Snapshot", "SourceUnavailable", "UnavailableInventory", "Unit", "inventory_from_env",
-    "inventory_from_settings", "parse_booking", "parse_callback",
+    "AVAILABLE", "KNOWN_STATUSES", "MAINTENANCE", "MAX_NAME", "RENTABLE", "RENTED", "RETIRED", "Booking", "BookingNotRecorded",
+    "BookingRefused", "BookingRequest", "CachedInventory", "CheckReport", "CallbackRequest", "ChangeRequest", "Inventory",
+    "InventoryConfigError", "NoPrice", "Quote", "RefusalCode", "Reservation", "ShopPolicy", "Snapshot",
+    "SourceUnavailable", "UnavailableInventory", "Unit", "inventory_from_env", "inventory_from_settings",
+    "parse_booking", "parse_callback", "parse_dates",
 ]
 
 
@@ -56,14 +70,17 @@ class Inventory(Protocol):
     async def book(self, request: BookingRequest) -> Booking:
         """Raises BookingRefused; a booking the source could not take is kept, unconfirmed."""
 
+    async def change(self, request: ChangeRequest, today: date) -> Booking:
+        """Extends, moves or cancels a booking; raises BookingRefused."""
+
     async def record_callback(self, request: CallbackRequest) -> str:
         """Keeps a caller's details for staff to call back. Returns a reference."""
 
     async def replay_outbox(self) -> int:
         """Writes kept bookings to the source; returns how many were settled."""
 
-    async def check(self) -> int:
-        """Reads the source directly: the number of units, or an error naming what is wrong."""
+    async def check(self) -> CheckReport:
+        """Reads the source directly: what it holds, or an error naming what is wrong."""
 
     async def close(self, timeout: float = 5.0) -> None:
         """At call end and worker shutdown: settles what it can (bounded), never raises."""
@@ -81,13 +98,16 @@ class UnavailableInventory:
     async def book(self, request: BookingRequest) -> Booking:
         raise BookingRefused(RefusalCode.INVENTORY_UNKNOWN, why=self.why)
 
+    async def change(self, request: ChangeRequest, today: date) -> Booking:
+        raise BookingRefused(RefusalCode.INVENTORY_UNKNOWN, why=self.why)
+
     async def record_callback(self, request: CallbackRequest) -> str:
         raise BookingNotRecorded(f"the inventory is unavailable: {self.why}")
 
     async def replay_outbox(self) -> int:
         return 0
 
-    async def check(self) -> int:
+    async def check(self) -> CheckReport:
         raise InventoryConfigError(self.why)
 
     async def close(self, timeout: float = 5.0) -> None:

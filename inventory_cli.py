@@ -2,7 +2,9 @@
 whichever store and state engine the environment configures (the same as the worker's).
 
     python agent.py inventory list --from 2030-05-01 --to 2030-05-03 [--category Lifts] [--json]
+    python agent.py inventory quote EX-101 --from D --to D [--json]
     python agent.py inventory book EX-101 --from D --to D --name "Dana Smith" --phone +15551234567 [--json]
+    python agent.py inventory cancel R7K3QX --phone +15551234567 [--json]
     python agent.py inventory replay [--json]
 
 With --json each command prints one JSON object. Exit status: 0 done, 3 refused, 4 kept pending
@@ -22,6 +24,7 @@ from typing import Any, Mapping, TextIO
 import equipment
 import prompts
 import settings
+from phone import same_number
 
 DONE, UNEXPECTED, USAGE, REFUSED, PENDING = 0, 1, 2, 3, 4
 
@@ -49,6 +52,13 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--from", dest="start", type=_date, required=True)
     ls.add_argument("--to", dest="end", type=_date, required=True)
     ls.add_argument("--category", default=None)
+    quote = sub.add_parser("quote", help="what renting one unit for the dates costs")
+    quote.add_argument("equipment_id")
+    quote.add_argument("--from", dest="start", type=_date, required=True)
+    quote.add_argument("--to", dest="end", type=_date, required=True)
+    cancel = sub.add_parser("cancel", help="cancel a booking before it starts (the phone must match it)")
+    cancel.add_argument("ref")
+    cancel.add_argument("--phone", required=True)
     book = sub.add_parser("book", help="book one unit, as the phone agent would")
     book.add_argument("equipment_id")
     book.add_argument("--from", dest="start", type=_date, required=True)
@@ -61,14 +71,62 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refused(refused: equipment.BookingRefused) -> tuple[int, dict[str, Any]]:
+    return REFUSED, {"refused": refused.code.value, "message": prompts.refusal_reason(refused)}
+
+
+async def _known(inv: equipment.Inventory) -> equipment.Snapshot:
+    snap = await inv.snapshot()
+    if not snap.known:
+        raise equipment.BookingRefused(equipment.RefusalCode.INVENTORY_UNKNOWN)
+    return snap
+
+
 async def _list(inv: equipment.Inventory, args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     if args.end < args.start:
         raise Usage("--to is before --from")
     snap = await inv.snapshot()
-    units = snap.search(category=args.category, available_only=False) if snap.known else []
-    return DONE, {"known": snap.known, "units": [
-        {"id": u.id, "name": u.name, "category": u.category, "daily_rate": u.daily_rate,
-         "weekly_rate": u.weekly_rate, "status": u.status, "available": u.available} for u in units]}
+    units = snap.search(category=args.category) if snap.known else []
+
+    def row(u: equipment.Unit) -> dict[str, Any]:
+        free = snap.free(u, args.start, args.end)
+        nxt = args.start if free else snap.next_free(u, args.start, args.end)
+        return {"id": u.id, "name": u.name, "category": u.category, "daily_rate": u.daily_rate,
+                "weekly_rate": u.weekly_rate, "four_week_rate": u.four_week_rate, "status": u.status,
+                "available": free, "next_free": nxt.isoformat() if nxt else None}
+
+    return DONE, {"known": snap.known, "units": [row(u) for u in units]}
+
+
+async def _quote(inv: equipment.Inventory, args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    try:
+        snap = await _known(inv)
+        unit = snap.find(args.equipment_id)
+        if unit is None:
+            raise equipment.BookingRefused(equipment.RefusalCode.UNKNOWN_ID, requested_id=args.equipment_id)
+        if args.end < args.start:
+            raise equipment.BookingRefused(equipment.RefusalCode.END_BEFORE_START)
+        q = snap.quote(unit, args.start, args.end)
+    except equipment.NoPrice:
+        return _refused(equipment.BookingRefused(equipment.RefusalCode.NO_PRICE, unit=unit))
+    except equipment.BookingRefused as refused:
+        return _refused(refused)
+    return DONE, {"id": unit.id, "days": q.days, "total": str(q.total), "deposit": str(q.deposit),
+                  "lines": [{"label": line.label, "amount": str(line.amount)} for line in q.lines]}
+
+
+async def _cancel(inv: equipment.Inventory, args: argparse.Namespace, today: date) -> tuple[int, dict[str, Any]]:
+    try:
+        snap = await _known(inv)
+        r = snap.reservation(args.ref)
+        if r is None:
+            raise equipment.BookingRefused(equipment.RefusalCode.NO_SUCH_BOOKING, requested_id=args.ref)
+        if not same_number(r.renter_phone, args.phone):
+            raise equipment.BookingRefused(equipment.RefusalCode.NOT_YOURS, requested_id=args.ref)
+        booking = await inv.change(equipment.ChangeRequest(r.ref, today, today, True, f"cli-{os.getpid()}"), today)
+    except equipment.BookingRefused as refused:
+        return _refused(refused)
+    return (DONE if booking.confirmed else PENDING), {"cancelled": booking.confirmed, "ref": booking.ref}
 
 
 async def _book(inv: equipment.Inventory, args: argparse.Namespace, today: date) -> tuple[int, dict[str, Any]]:
@@ -77,9 +135,9 @@ async def _book(inv: equipment.Inventory, args: argparse.Namespace, today: date)
                                           args.end.isoformat(), f"cli-{os.getpid()}", today=today)
         booking = await inv.book(request)
     except equipment.BookingRefused as refused:
-        return REFUSED, {"refused": refused.code.value, "message": prompts.refusal_reason(refused)}
+        return _refused(refused)
     return (DONE if booking.confirmed else PENDING), {"ref": booking.ref, "confirmed": booking.confirmed,
-                                                      "id": booking.equipment_id}
+                                                      "id": booking.equipment_id, "total": booking.total}
 
 
 async def _run(args: argparse.Namespace, values: settings.Settings) -> tuple[int, dict[str, Any]]:
@@ -89,6 +147,10 @@ async def _run(args: argparse.Namespace, values: settings.Settings) -> tuple[int
             return await _list(inv, args)
         if args.command == "book":
             return await _book(inv, args, values.today())
+        if args.command == "quote":
+            return await _quote(inv, args)
+        if args.command == "cancel":
+            return await _cancel(inv, args, values.today())
         return DONE, {"settled": await inv.replay_outbox()}
     finally:
         await inv.close(timeout=10.0)
@@ -99,15 +161,25 @@ def _table(result: dict[str, Any]) -> str:
         if not result["known"]:
             return "The inventory is unknown right now (the sheet did not answer, and nothing is cached)."
         rows = [(u["id"], u["name"][:34], u["category"][:14], prompts.money(u["daily_rate"]),
-                 prompts.money(u["weekly_rate"]), "free" if u["available"] else u["status"].lower())
+                 prompts.money(u["weekly_rate"]), "free" if u["available"] else
+                 (f"free from {u['next_free']}" if u["next_free"] else
+                  "booked" if u["status"] in equipment.RENTABLE else u["status"].lower()))
                 for u in result["units"]]
         widths = [max(len(str(r[i])) for r in rows + [("ID", "Name", "Category", "Day", "Week", "")])
                   for i in range(6)]
         return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
                          for r in [("ID", "Name", "Category", "Day", "Week", "")] + rows)
+    if "lines" in result:
+        lines = "\n".join(f"  {line['label']}: ${line['amount']}" for line in result["lines"])
+        return (f"{result['id']}, {result['days']} day(s):\n{lines}\n  total: ${result['total']}\n"
+                f"  refundable deposit (not in the total): ${result['deposit']}")
+    if "cancelled" in result:
+        return (f"Booking {result['ref']} cancelled." if result["cancelled"]
+                else f"Cancellation of {result['ref']} RECORDED, not yet written to the sheet (pending).")
     if "ref" in result:
         state = "confirmed" if result["confirmed"] else "RECORDED, not yet written to the sheet (pending)"
-        return f"Booked {result['id']}: reference {result['ref']}, {state}."
+        total = f", total ${result['total']}" if result.get("total") else ""
+        return f"Booked {result['id']}: reference {result['ref']}, {state}{total}."
     if "refused" in result:
         return f"Refused ({result['refused']}): {result['message']}"
     if "settled" in result:

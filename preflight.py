@@ -318,13 +318,9 @@ async def check_inventory(env: Mapping[str, str], timeout: float) -> Result:
     else:
         where = f"embedded inventory {cfg.csv_path.name} (GOOGLE_SHEET_ID not set)"
     inv = equipment.inventory_from_settings(cfg)
-    deadline = time.monotonic() + timeout
     try:
-        await asyncio.wait_for(inv.check(), timeout + 0.5)
-        # The statuses: callers are never offered a unit whose Status we don't know.
-        left = max(deadline - time.monotonic(), 0.5)
-        table = await asyncio.wait_for(inv.background.run(inv.store.read_table, name="preflight-statuses"), left)
-        units = table.units()
+        report = await asyncio.wait_for(inv.check(), timeout + 0.5)
+        units = report.units
     except asyncio.TimeoutError:
         return _inventory_unreachable(where, cfg, timeout, timed_out=True)
     except equipment.InventoryConfigError as e:
@@ -347,8 +343,19 @@ async def check_inventory(env: Mapping[str, str], timeout: float) -> Result:
                       f"offered to callers ({listed}{more}); use one of {known}")
     if not units:
         return Result("Inventory", WARN, f"{where}: no units listed; callers will hear that nothing is available")
-    available = sum(u.available for u in units)
-    summary = f"{where}: {len(units)} units ({available} available); ID, Name, Status columns and statuses OK"
+    if report.problems:
+        listed = "; ".join(hide_id(p) for p in report.problems[:3])
+        return Result("Inventory", FAIL, f"{where}: {len(report.problems)} reservation row(s) the agent cannot read "
+                      f"(their units could be booked twice): {listed}")
+    rentable = sum(u.rentable for u in units)
+    summary = (f"{where}: {len(units)} units ({rentable} for rent), {report.reservations} reservations; ID, Name, "
+               "Status columns and statuses OK")
+    if not report.has_reservations:
+        summary += "; no Reservations tab yet (the first booking creates it)"
+    if not report.has_settings:
+        summary += "; no Settings tab (default hours and no tax, see docs/google-sheet.md)"
+    if cfg.sheet_id and not (report.has_reservations and report.has_settings):
+        summary += "; until both tabs exist each refresh costs 2 more Sheets requests"
     if cfg.sheet_id:
         email = (cfg.credentials_info or {}).get("client_email", "the service account")
         summary += f"; {email} can read it (bookings need it shared as Editor)"

@@ -10,16 +10,21 @@ import contextlib
 import logging
 import time
 
+from datetime import date
+
 from inventory.background import Background
 from inventory.booking import Booker
-from inventory.cache import CachedUnits, RefreshResult, SnapshotCache
+from inventory.cache import CachedSnapshot, RefreshResult, SnapshotCache
+from inventory.changes import Changes
 from inventory.model import (
-    Booking, BookingRefused, BookingRequest, CallbackRequest, InventoryConfigError, RefusalCode, Snapshot,
+    Booking, BookingRefused, BookingRequest, CallbackRequest, ChangeRequest, InventoryConfigError, RefusalCode,
 )
 from inventory.outbox import Outbox
+from inventory.replay import replay
+from inventory.snapshot import Snapshot
 from inventory.retry import failure, with_retries
 from inventory.state import State, StateUnavailable
-from inventory.table import Store
+from inventory.table import CheckReport, Store
 from settings import InventorySettings
 
 logger = logging.getLogger("equipment")
@@ -33,12 +38,17 @@ class CachedInventory:
         self.outbox = Outbox(state)
         self.cache = SnapshotCache(state, store, cfg.cache_ttl)
         self.booker = Booker(cfg, store, self.outbox, self.cache, state)
+        self.changes = Changes(self.booker)
         self.background = Background()
         self._refresh: asyncio.Future[RefreshResult] | None = None
 
     # -- the snapshot -----------------------------------------------------------------------------
-    def _snapshot(self, cached: CachedUnits) -> Snapshot:
-        return Snapshot(cached.units, cached.age(), self.store.source)
+    def _snapshot(self, cached: CachedSnapshot) -> Snapshot:
+        return Snapshot(cached.units, cached.age(), self.store.source, policy=cached.policy, busy=cached.busy,
+                        details=cached.details, changed=cached.changed)
+
+    def replay(self) -> int:
+        return replay(self.booker)
 
     def _refresh_then_settle(self) -> RefreshResult:
         """A refresh, then (after a real read) what the outbox holds gets its chance."""
@@ -46,7 +56,7 @@ class CachedInventory:
         if result is RefreshResult.LOADED:
             try:
                 if self.outbox.pending():
-                    self.booker.replay()
+                    self.replay()
             except Exception as e:  # noqa: BLE001 - the refresh itself succeeded
                 logger.warning("Outbox replay after refresh failed: %s", failure(e))
         return result
@@ -72,7 +82,7 @@ class CachedInventory:
         self._refresh = fut
         return fut
 
-    async def _read(self) -> CachedUnits | None:
+    async def _read(self) -> CachedSnapshot | None:
         """The shared snapshot, read off the loop; None when there is none or the State is down."""
         try:
             return await self.background.run(self.cache.read, name="equipment-read")
@@ -123,13 +133,24 @@ class CachedInventory:
         """Raises BookingRefused; returns the booking, confirmed or kept in the outbox."""
         snap = await self.snapshot()
         unit = snap.find(request.equipment_id)
+        start, end = request.start, request.end
         if snap.known:
             if unit is None:
                 raise BookingRefused(RefusalCode.UNKNOWN_ID, requested_id=request.equipment_id)
-            if not unit.available:
-                raise BookingRefused(RefusalCode.NOT_AVAILABLE, unit=unit, alternatives=snap.alternatives(unit))
+            if not snap.free(unit, start, end):
+                raise BookingRefused(RefusalCode.NOT_AVAILABLE, unit=unit, start=start, end=end,
+                                     next_free=snap.next_free(unit, start, end),
+                                     alternatives=snap.alternatives(unit, start, end))
         # tracked: close() at call end waits (bounded) for a booking still in flight
         return await self.background.run_tracked(self.booker.book, request, unit, snap, name="equipment-book")
+
+    async def change(self, request: ChangeRequest, today: date) -> Booking:
+        """Extends, moves or cancels a booking (the caller's: checked by the tools). Raises
+        BookingRefused; returns the booking as it now stands, confirmed or kept in the outbox."""
+        snap = await self.snapshot()
+        known = snap.reservation(request.ref)
+        return await self.background.run_tracked(self.changes.change, request, today,
+                                                 known.equipment_id if known else "", name="equipment-change")
 
     async def record_callback(self, request: CallbackRequest) -> str:
         return await self.background.run_tracked(self.booker.record_callback, request, name="equipment-callback")
@@ -138,18 +159,22 @@ class CachedInventory:
         try:
             if not await self.background.run(self.outbox.pending, name="equipment-outbox"):
                 return 0
-            return await self.background.run_tracked(self.booker.replay, name="equipment-replay")
+            return await self.background.run_tracked(self.replay, name="equipment-replay")
         except Exception as e:  # noqa: BLE001 - kept; a later refresh or shutdown retries
             logger.warning("Outbox replay failed, will retry on a later refresh: %s", failure(e))
             return 0
 
     # -- preflight and shutdown -------------------------------------------------------------------
-    async def check(self) -> int:
-        """Reads the source directly (no cache): the number of units, or InventoryConfigError
-        naming what is wrong, or SourceUnavailable."""
-        def read() -> int:
+    async def check(self) -> CheckReport:
+        """Reads the source directly (no cache): what it holds, or InventoryConfigError naming
+        what is wrong, or SourceUnavailable."""
+        def read() -> CheckReport:
             deadline = time.monotonic() + max(self.cfg.retry_budget, 0.5)
-            return len(with_retries(self.store.read_table, deadline, "read").units())
+            source = with_retries(self.store.read_all, deadline, "read")
+            problems: list[str] = []
+            found = source.reservations.reservations(problems=problems) if source.reservations is not None else []
+            return CheckReport(source.equipment.units(), len(found) + len(source.equipment.legacy_reservations()),
+                               problems, source.reservations is not None, source.settings is not None)
         return await self.background.run(read, name="equipment-check")
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -166,7 +191,7 @@ class CachedInventory:
             if left > 0 and await asyncio.wait_for(self.background.run(self.outbox.pending, name="equipment-outbox"),
                                                    left):
                 left = deadline - time.monotonic()
-                await asyncio.wait_for(asyncio.shield(self.background.run(self.booker.replay,
+                await asyncio.wait_for(asyncio.shield(self.background.run(self.replay,
                                                                           name="equipment-replay")), max(left, 0.01))
         except Exception as e:  # noqa: BLE001
             logger.warning("Outbox replay at shutdown did not finish: %s", failure(e))

@@ -1,5 +1,7 @@
-"""The embedded default: a CSV file with the sheet's columns, so a fresh clone behaves like the
-sheet. Bookings rewrite it atomically under a file lock; the audit trail is STATE_DIR/bookings.csv."""
+"""The embedded default, so a fresh clone behaves like the sheet: three CSV files with the sheet's
+tabs and columns, side by side (EQUIPMENT_CSV, and reservations.csv and settings.csv in the same
+folder). Reservations are appended, and changed by Ref, under a file lock with an atomic rewrite;
+the history is STATE_DIR/bookings.csv."""
 
 from __future__ import annotations
 
@@ -8,8 +10,22 @@ from pathlib import Path
 
 from inventory.files import Locks, append_durable, atomic_write, csv_text, neutralise
 from inventory.model import InventoryConfigError
-from inventory.table import LOG_HEADER, Table
+from inventory.reservations import RESERVATION_HEADER
+from inventory.table import LOG_HEADER, SourceData, Table, header_key
 from settings import InventorySettings
+
+
+def _cell(value: str) -> str:
+    """A cell as written, without the apostrophe neutralise() put before = + - @."""
+    return value[1:] if value[:1] == "'" and value[1:2] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _rows(path: Path, as_written: bool = False) -> list[list[str]] | None:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [r if as_written else [_cell(c) for c in r] for r in csv.reader(f)]
+    except FileNotFoundError:
+        return None
 
 
 class CsvStore:
@@ -17,6 +33,8 @@ class CsvStore:
 
     def __init__(self, cfg: InventorySettings, locks: Locks):
         self.path = Path(cfg.csv_path).resolve()
+        self.reservations_path = self.path.with_name("reservations.csv")
+        self.settings_path = self.path.with_name("settings.csv")
         self.origin = f"csv:{self.path}"
         self.log_path = Path(cfg.state_dir) / "bookings.csv"
         self._locks = locks
@@ -24,35 +42,58 @@ class CsvStore:
     def prepare_text(self, s: str) -> str:
         return neutralise(s)
 
-    def read_table(self) -> Table:
+    def read_all(self) -> SourceData:
         try:
-            with open(self.path, newline="", encoding="utf-8-sig") as f:
-                rows = [list(r) for r in csv.reader(f)]
+            rows = _rows(self.path)
         except OSError as e:
             raise InventoryConfigError(f"EQUIPMENT_CSV: cannot read {str(self.path)!r} ({e.strerror or e})") from e
-        return Table(rows[0] if rows else [], rows[1:], f"inventory file {self.path.name!r}")
+        if rows is None:
+            raise InventoryConfigError(f"EQUIPMENT_CSV: no inventory file at {str(self.path)!r}")
+        return SourceData(Table(rows[0] if rows else [], rows[1:], f"inventory file {self.path.name!r}"),
+                          self.read_reservations(), _rows(self.settings_path))
 
-    def write_unit(self, row_index: int, equipment_id: str, fields: dict[str, str], table: Table) -> None:
+    def read_reservations(self) -> Table | None:
+        rows = _rows(self.reservations_path)
+        if rows is None:
+            return None
+        return Table(rows[0] if rows else [], rows[1:], f"reservations file {self.reservations_path.name!r}")
+
+    def append_reservation(self, values: dict[str, str]) -> None:
         with self._locks.named("csv", timeout=10):
-            fresh = self.read_table()
-            found = fresh.find(equipment_id)  # by ID: the file may have changed since it was read
-            if found is None:
-                raise InventoryConfigError(f"unit {equipment_id!r} disappeared from {self.path.name}")
-            _, row = found
-            for k, v in fields.items():
-                if k in fresh.cols:
-                    row[fresh.cols[k]] = v
-            atomic_write(self.path, csv_text([fresh.header] + fresh.rows))
+            table = self.read_reservations()
+            if table is None:
+                atomic_write(self.reservations_path, csv_text([RESERVATION_HEADER]))
+                table = Table(list(RESERVATION_HEADER), [], "reservations")
+            append_durable(self.reservations_path, csv_text([table.row_for(values)]))
 
-    def log_refs(self) -> set[str]:
-        try:
-            with open(self.log_path, newline="", encoding="utf-8") as f:
-                rows = list(csv.reader(f))
-        except FileNotFoundError:
+    def update_reservation(self, ref: str, values: dict[str, str], equipment_id: str) -> None:
+        """By Ref, under the file lock: the row is found in the file as it is now."""
+        with self._locks.named("csv", timeout=10):
+            table = self.read_reservations()
+            index = table.find_ref(ref) if table is not None else None
+            if table is None or index is None or table.get(table.rows[index], "equipmentid") != equipment_id:
+                raise InventoryConfigError(f"reservation {ref} is not in {self.reservations_path.name} any more")
+            # the file as staff left it, but for the changed cells (neutralised: caller text stays data)
+            rows = _rows(self.reservations_path, as_written=True) or []
+            row = rows[index + 1]
+            for k, v in values.items():
+                if k in table.cols:
+                    row.extend([""] * (table.cols[k] + 1 - len(row)))
+                    row[table.cols[k]] = neutralise(v)
+            atomic_write(self.reservations_path, csv_text(rows))
+
+    def log_keys(self) -> set[str]:
+        rows = _rows(self.log_path)
+        if not rows:
             return set()
-        return {r[0].strip() for r in rows[1:] if r and r[0].strip()}
+        return Table(rows[0], rows[1:], "history").history_keys()
 
     def append_log(self, row: list[str]) -> None:
         with self._locks.named("csv", timeout=10):
-            new = not self.log_path.exists() or self.log_path.stat().st_size == 0
-            append_durable(self.log_path, csv_text(([LOG_HEADER] if new else []) + [row]))
+            rows = _rows(self.log_path)
+            if not rows:
+                append_durable(self.log_path, csv_text([LOG_HEADER, row]))
+                return
+            table = Table(rows[0], [], "history")
+            append_durable(self.log_path, csv_text([table.row_for(
+                {header_key(h): v for h, v in zip(LOG_HEADER, row)})]))

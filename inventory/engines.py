@@ -15,13 +15,15 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from inventory.files import Locks
-from inventory.postgres_state import PostgresState
 from inventory.sqlite_state import SqliteState
-from inventory.state import OutboxRow, State, StateUnavailable, StoredSnapshot
+from inventory.state import HOLDING_KINDS, OutboxRow, State, StateUnavailable, StoredSnapshot
 from settings import InventorySettings
+
+if TYPE_CHECKING:
+    from inventory.postgres_state import PostgresState
 
 logger = logging.getLogger("equipment")
 
@@ -30,6 +32,9 @@ def open_state(cfg: InventorySettings, locks: Locks) -> State:
     local = SqliteState(cfg.state_dir, locks)
     if not cfg.database_url:
         return local
+    # psycopg only where PostgreSQL is configured (the worker then preloads it in its forkserver)
+    from inventory.postgres_state import PostgresState
+
     return SharedState(PostgresState(cfg.database_url, connect_timeout=cfg.database_timeout,
                                      statement_timeout=cfg.database_timeout), local)
 
@@ -69,10 +74,10 @@ class SharedState:
         except StateUnavailable as e:
             self._down(e, "serving this machine's copy of the snapshot")
             return self.local.snapshot(origin)
-        held = self._backup(set(), "held_units")  # bookings kept here while PostgreSQL was down
+        held = self._backup((), "holds")  # bookings kept here while PostgreSQL was down
         if snap is not None:
             if held:
-                snap = dataclasses.replace(snap, held=snap.held | held)
+                snap = dataclasses.replace(snap, holds=snap.holds + tuple(held))
             threading.Thread(target=self._mirror, args=(origin, snap), name="state-mirror", daemon=True).start()
         return snap
 
@@ -81,18 +86,18 @@ class SharedState:
         with contextlib.suppress(Exception):
             mine = self.local.snapshot(origin)
             if mine is None or mine.read_at < snap.read_at:
-                self.local.save_snapshot(origin, snap.units, snap.read_at, snap.read_at)
-                if snap.overrides:
-                    self.local.patch(origin, snap.overrides, time.time())
+                self.local.save_snapshot(origin, snap.data, snap.read_at, snap.read_at)
+                if snap.patches:
+                    self.local.patch(origin, snap.patches, time.time())
 
-    def save_snapshot(self, origin: str, units: list[dict[str, Any]], read_started: float, read_at: float) -> None:
+    def save_snapshot(self, origin: str, data: dict[str, Any], read_started: float, read_at: float) -> None:
         try:
-            self.remote.save_snapshot(origin, units, read_started, read_at)
+            self.remote.save_snapshot(origin, data, read_started, read_at)
         except StateUnavailable as e:
             self._down(e, "keeping the fresh snapshot on this machine only")
-            self.local.save_snapshot(origin, units, read_started, read_at)
+            self.local.save_snapshot(origin, data, read_started, read_at)
             return
-        self._backup(None, "save_snapshot", origin, units, read_started, read_at)
+        self._backup(None, "save_snapshot", origin, data, read_started, read_at)
 
     def patch(self, origin: str, changes: Mapping[str, str], at: float) -> None:
         try:
@@ -157,7 +162,7 @@ class SharedState:
     def _unit_of(row: OutboxRow) -> str:
         from inventory.model import fold
 
-        return fold(str(row.payload.get("equipment_id") or "")) if row.kind == "book" else ""
+        return fold(str(row.payload.get("equipment_id") or "")) if row.kind in HOLDING_KINDS else ""
 
     def pending(self) -> list[OutboxRow]:
         try:
@@ -174,6 +179,14 @@ class SharedState:
             self._down(e, "holding only this machine's pending bookings")
             return self.local.held_units()
         return remote | self._backup(set(), "held_units")
+
+    def holds(self) -> tuple[dict[str, Any], ...]:
+        local = tuple(self._backup((), "holds"))
+        try:
+            return self.remote.holds() + local
+        except StateUnavailable as e:
+            self._down(e, "holding only this machine's pending bookings")
+            return local
 
     def _either(self, method: str, *args: Any) -> Any:
         try:

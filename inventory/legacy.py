@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inventory.model import PENDING, fold
+from inventory.model import RENTED, fold
+from inventory.policy import ShopPolicy
+from inventory.reservations import legacy
 from inventory.state import State, finite, loads_units
 
 logger = logging.getLogger("equipment")
@@ -120,11 +122,31 @@ def import_snapshot(state_dir: Path, state: State, origin: str) -> bool:
     ok = bool(units is not None and read_at is not None and data.get("origin") == origin
               and state.snapshot(origin) is None)
     if ok:
-        # holds were baked into the old file: they come from the outbox now
-        units = [{**u, "status": "AVAILABLE"} if u.get("status") == PENDING else u for u in units or []]
-        state.save_snapshot(origin, units, read_at, read_at)  # type: ignore[arg-type]
+        state.save_snapshot(origin, snapshot_data(units or []), read_at, read_at)  # type: ignore[arg-type]
     _done(claimed, original)
     return ok
+
+
+def snapshot_data(units: list[dict]) -> dict:  # type: ignore[type-arg]
+    """An old snapshot in today's format. Holds were baked into the old file as PENDING (they
+    come from the outbox now); its RENTED units had no dates in it, so each is taken until the
+    first refresh reads the sheet: never shown free on a guess."""
+    from inventory.cache import FORMAT  # the snapshot's own format marker
+
+    import json
+
+    from inventory.reservations import busy_of
+
+    kept, reservations = [], []
+    for u in units:
+        status = str(u.get("status", "")).upper()
+        kept.append({**u, "status": "AVAILABLE" if status == "PENDING" else status})
+        if status == RENTED:
+            taken = legacy(str(u["id"]), RENTED, "", "", "", "", "")
+            if taken is not None:
+                reservations.append(taken)
+    return {"v": FORMAT, "units": kept, "busy": busy_of(reservations),
+            "reservations": json.dumps([r.to_list() for r in reservations]), "policy": ShopPolicy().to_dict()}
 
 
 def import_files(state_dir: Path, state: State, origin: str) -> None:

@@ -1,4 +1,5 @@
-"""The inventory's domain: units, snapshots, booking requests and their refusals.
+"""The inventory's domain: units, booking and change requests, and their refusals (the snapshot
+a call sees is inventory/snapshot.py).
 
 Defined here (not in equipment.py, which re-exports them) so the machinery in this package can
 use them without importing its own front. No I/O.
@@ -14,8 +15,11 @@ from enum import StrEnum
 
 import phone
 
-AVAILABLE, RENTED, MAINTENANCE, PENDING = "AVAILABLE", "RENTED", "MAINTENANCE", "PENDING"
-KNOWN_STATUSES = frozenset({AVAILABLE, RENTED, MAINTENANCE})
+# A unit's Status says whether it can be rented at all; what is out when is in Reservations.
+AVAILABLE, MAINTENANCE, RETIRED = "AVAILABLE", "MAINTENANCE", "RETIRED"
+RENTED = "RENTED"  # a sheet from before the Reservations tab: rentable, its dates read as a reservation
+KNOWN_STATUSES = frozenset({AVAILABLE, MAINTENANCE, RETIRED, RENTED})
+RENTABLE = frozenset({AVAILABLE, RENTED})
 
 MAX_NAME = 100
 MAX_NOTE = 500
@@ -27,11 +31,6 @@ REF_LENGTH = 6
 def fold(s: str) -> str:
     """For comparing ids, names and categories: whitespace collapsed, case folded."""
     return " ".join(str(s).split()).casefold()
-
-
-def _singular(s: str) -> str:
-    s = fold(s)
-    return s[:-1] if s.endswith("s") else s
 
 
 def clean_text(s: str, limit: int) -> str:
@@ -49,7 +48,7 @@ def new_ref() -> str:
 class Unit:
     id: str
     name: str
-    status: str  # upper-cased: AVAILABLE, RENTED, MAINTENANCE, PENDING (held by the outbox), or as written
+    status: str  # upper-cased: AVAILABLE, MAINTENANCE, RETIRED, RENTED (an old sheet), or as written
     category: str = ""
     daily_rate: float | None = None
     weekly_rate: float | None = None
@@ -58,65 +57,9 @@ class Unit:
     deposit: float | None = None
 
     @property
-    def available(self) -> bool:
-        return self.status == AVAILABLE
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What a call sees. units is None when the inventory is unknown (never read, and the
-    sheet did not answer within EQUIPMENT_LOAD_TIMEOUT): unknown is not empty."""
-
-    units: tuple[Unit, ...] | None
-    age: float | None  # seconds since the data was read from its source, when handed out
-    source: str  # "sheet", "csv", or why there is none ("none", "error")
-
-    @property
-    def known(self) -> bool:
-        return self.units is not None
-
-    def find(self, equipment_id: str) -> Unit | None:
-        want = fold(equipment_id or "")
-        for u in self.units or ():
-            if want and fold(u.id) == want:
-                return u
-        return None
-
-    def search(self, category: str | None = None, keyword: str | None = None,
-               available_only: bool = True) -> list[Unit]:
-        """Units matching a category (case-insensitive, singular or plural, or a part of it) and
-        every word of keyword (in ID, name, category or description). [] when unknown."""
-        out = []
-        for u in self.units or ():
-            if available_only and not u.available:
-                continue
-            if category and category.strip():
-                c, uc = _singular(category), _singular(u.category)
-                if not uc or (c != uc and c not in uc):
-                    continue
-            if keyword and keyword.strip():
-                hay = fold(" ".join((u.id, u.name, u.category, u.description)))
-                if not all(w in hay for w in fold(keyword).split()):
-                    continue
-            out.append(u)
-        return out
-
-    def categories(self) -> list[str]:
-        seen: dict[str, str] = {}
-        for u in self.units or ():
-            if u.category.strip():
-                seen.setdefault(fold(u.category), u.category.strip())
-        return sorted(seen.values(), key=str.casefold)
-
-    def alternatives(self, unit: Unit | None, exclude: str = "") -> tuple[Unit, ...]:
-        """Available units of the same category, the same name first, then the cheapest."""
-        if unit is None:
-            return ()
-        skip = fold(exclude or unit.id)
-        same = [u for u in self.units or () if u.available and fold(u.id) != skip
-                and fold(u.category) == fold(unit.category)]
-        same.sort(key=lambda u: (fold(u.name) != fold(unit.name), u.daily_rate or 0.0, u.id))
-        return tuple(same[:5])
+    def rentable(self) -> bool:
+        """Its Status allows renting (whether it is free on given dates is the calendar's)."""
+        return self.status in RENTABLE
 
 
 class RefusalCode(StrEnum):
@@ -129,6 +72,11 @@ class RefusalCode(StrEnum):
     PAST_DATE = "past_date"
     END_BEFORE_START = "end_before_start"
     INVENTORY_UNKNOWN = "inventory_unknown"
+    NO_PRICE = "no_price"  # no day rate on file: nothing can be quoted or booked
+    NO_SUCH_BOOKING = "no_such_booking"
+    NOT_YOURS = "not_yours"  # the booking is not this caller's
+    ALREADY_STARTED = "already_started"  # cancelled or moved only by staff once it has begun
+    ALREADY_CANCELLED = "already_cancelled"
 
 
 class BookingRefused(Exception):
@@ -136,13 +84,16 @@ class BookingRefused(Exception):
     What the agent says about it is prompts.refusal(refused); this carries the facts."""
 
     def __init__(self, code: RefusalCode, *, unit: Unit | None = None, alternatives: tuple[Unit, ...] = (),
-                 requested_id: str = "", today: date | None = None, why: str = ""):
+                 requested_id: str = "", today: date | None = None, why: str = "", next_free: date | None = None,
+                 start: date | None = None, end: date | None = None):
         super().__init__(f"{code.value}{': ' + why if why else ''}")
         self.code = code
         self.unit = unit
-        self.alternatives = alternatives
+        self.alternatives = alternatives  # free for the same dates
         self.requested_id = requested_id
         self.today = today
+        self.next_free = next_free  # the first day the unit is free for as many days
+        self.start, self.end = start, end  # the dates asked for
         self.why = why  # for logs
 
 
@@ -181,6 +132,18 @@ class CallbackRequest:
 
 
 @dataclass(frozen=True)
+class ChangeRequest:
+    """Move or extend a booking to new dates (cancel: `cancel=True`, dates ignored). Only for a
+    booking this call identified as the caller's (the tool checks that before)."""
+
+    ref: str
+    start: date
+    end: date
+    cancel: bool = False
+    call_id: str = ""
+
+
+@dataclass(frozen=True)
 class Booking:
     ref: str  # short, for a caller to write down, e.g. "R7K3QX"
     equipment_id: str
@@ -190,6 +153,9 @@ class Booking:
     start: date
     end: date
     confirmed: bool  # False: Sheets was down, kept in the outbox; staff will confirm
+    total: str = ""  # what the rental costs, as written on the reservation ("412.50")
+    deposit: str = ""
+    status: str = "CONFIRMED"  # or CANCELLED, after a cancellation
 
 
 def _name(raw: str) -> str:
@@ -206,10 +172,8 @@ def _phone(raw: str) -> str:
         raise BookingRefused(RefusalCode.BAD_PHONE) from None
 
 
-def parse_booking(equipment_id: str, renter_name: str, renter_phone: str, start: str, end: str,
-                  call_id: str = "", *, today: date) -> BookingRequest:
-    """A booking request from a tool's arguments (ISO dates); raises BookingRefused."""
-    name, number = _name(renter_name), _phone(renter_phone)
+def parse_dates(start: str, end: str, *, today: date) -> tuple[date, date]:
+    """A rental's dates from a tool's arguments (ISO, both ends inclusive); raises BookingRefused."""
     try:
         d_start = date.fromisoformat(str(start).strip())
         d_end = date.fromisoformat(str(end).strip())
@@ -219,6 +183,14 @@ def parse_booking(equipment_id: str, renter_name: str, renter_phone: str, start:
         raise BookingRefused(RefusalCode.PAST_DATE, today=today)
     if d_end < d_start:
         raise BookingRefused(RefusalCode.END_BEFORE_START)
+    return d_start, d_end
+
+
+def parse_booking(equipment_id: str, renter_name: str, renter_phone: str, start: str, end: str,
+                  call_id: str = "", *, today: date) -> BookingRequest:
+    """A booking request from a tool's arguments (ISO dates); raises BookingRefused."""
+    name, number = _name(renter_name), _phone(renter_phone)
+    d_start, d_end = parse_dates(start, end, today=today)
     return BookingRequest(str(equipment_id).strip(), name, number, d_start, d_end,
                           clean_text(call_id, MAX_CALL_ID)[:MAX_CALL_ID])
 

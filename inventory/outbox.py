@@ -46,7 +46,32 @@ class BookEntry:
     call_id: str = ""
     booked_at: str = ""
     at: float = 0.0
+    total: str = ""  # the quote's total, written on the reservation
+    deposit: str = ""
     op: Literal["book"] = "book"
+
+
+@dataclass(frozen=True)
+class ChangeEntry:
+    """A change to a reservation still to be written: new dates (EXTENDED, MOVED) or CANCELLED.
+    `ref` is this change's own key in the outbox; `booking_ref` the reservation's Ref."""
+
+    ref: str
+    booking_ref: str
+    equipment_id: str
+    kind: Literal["EXTENDED", "MOVED", "CANCELLED"]
+    start: str  # the dates after the change (a cancellation keeps the booking's)
+    end: str
+    old_start: str
+    old_end: str
+    equipment_name: str = ""
+    name: str = ""
+    phone: str = ""
+    total: str = ""
+    call_id: str = ""
+    changed_at: str = ""
+    at: float = 0.0
+    op: Literal["change"] = "change"
 
 
 @dataclass(frozen=True)
@@ -68,7 +93,7 @@ class Damaged:
     why: str
 
 
-Entry = BookEntry | RowEntry
+Entry = BookEntry | ChangeEntry | RowEntry
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,16 @@ def parse_entry(ref: str, op: str, data: dict[str, Any]) -> Entry | Damaged:
                     return Damaged(ref, op, f"no {k}")
             date.fromisoformat(entry.start), date.fromisoformat(entry.end)
             return entry
+        if op == "change":
+            fields = {k: data[k] for k in ChangeEntry.__dataclass_fields__ if k in data and k != "op"}
+            change = ChangeEntry(**{**fields, "ref": ref})
+            for k in ("booking_ref", "equipment_id", "start", "end", "old_start", "old_end"):
+                if not isinstance(getattr(change, k), str) or not getattr(change, k).strip():
+                    return Damaged(ref, op, f"no {k}")
+            if change.kind not in ("EXTENDED", "MOVED", "CANCELLED"):
+                return Damaged(ref, op, f"unknown change {change.kind!r}")
+            date.fromisoformat(change.start), date.fromisoformat(change.end)
+            return change
         if op in ("callback", "log"):
             row = data.get("row")
             if not isinstance(row, list) or not row:
@@ -114,7 +149,7 @@ class Outbox:
         return self.state.where
 
     def append(self, entry: Entry) -> None:
-        unit = fold(entry.equipment_id) if isinstance(entry, BookEntry) else ""
+        unit = fold(entry.equipment_id) if isinstance(entry, (BookEntry, ChangeEntry)) else ""
         self.state.add(entry.ref, entry.op, unit, payload(entry))
 
     def pending(self) -> list[Pending]:

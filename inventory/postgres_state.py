@@ -18,18 +18,18 @@ import psycopg
 from psycopg import conninfo, errors
 
 from inventory.state import (
-    SCHEMA_VERSION, LockTimeout, OutboxRow, StateUnavailable, StoredSnapshot, finite, lock_key, loads_object,
-    loads_units,
+    HOLDING_KINDS, SCHEMA_VERSION, LockTimeout, OutboxRow, StateUnavailable, StoredSnapshot, finite, loads_holds,
+    lock_key, loads_object,
 )
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rental_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rental_snapshot (
-    origin TEXT PRIMARY KEY, units TEXT NOT NULL, read_at DOUBLE PRECISION NOT NULL,
+    origin TEXT PRIMARY KEY, data TEXT NOT NULL, read_at DOUBLE PRECISION NOT NULL,
     read_started DOUBLE PRECISION NOT NULL);
-CREATE TABLE IF NOT EXISTS rental_status_override (
-    origin TEXT NOT NULL, unit TEXT NOT NULL, status TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (origin, unit));
+CREATE TABLE IF NOT EXISTS rental_snapshot_patch (
+    origin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (origin, key));
 CREATE TABLE IF NOT EXISTS rental_outbox (
     ref TEXT PRIMARY KEY, kind TEXT NOT NULL, unit TEXT NOT NULL DEFAULT '', payload TEXT NOT NULL,
     created_at DOUBLE PRECISION NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
@@ -82,6 +82,14 @@ class PostgresState:
                     return
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("rental", "schema"),))
+                # schema 1 kept the units alone in rental_snapshot, with per-unit status overrides:
+                # a cache, dropped (the next refresh fills it again); the outbox is kept as it is
+                old = conn.execute(
+                    "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema()"
+                    " AND table_name = 'rental_snapshot' AND column_name = 'units'").fetchone()
+                if old and old[0]:
+                    conn.execute("DROP TABLE rental_snapshot")
+                conn.execute("DROP TABLE IF EXISTS rental_status_override")
                 conn.execute(SCHEMA)
                 conn.execute("DELETE FROM rental_schema")
                 conn.execute("INSERT INTO rental_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
@@ -118,38 +126,44 @@ class PostgresState:
 
     # -- the snapshot -------------------------------------------------------------------------
     def snapshot(self, origin: str) -> StoredSnapshot | None:
+        """One round trip: the snapshot, the changes since its read, and what pending bookings hold."""
         rows = self._query(
-            "SELECT s.units, s.read_at,"
-            " (SELECT coalesce(json_object_agg(o.unit, o.status), '{}') FROM rental_status_override o"
-            "   WHERE o.origin = s.origin),"
-            " (SELECT coalesce(json_agg(DISTINCT b.unit), '[]') FROM rental_outbox b"
-            "   WHERE b.kind = 'book' AND b.settled_at IS NULL AND b.unit <> '')"
-            " FROM rental_snapshot s WHERE s.origin = %s", (origin,))
+            "SELECT s.data, s.read_at,"
+            " (SELECT coalesce(json_object_agg(p.key, p.value), '{}') FROM rental_snapshot_patch p"
+            "   WHERE p.origin = s.origin),"
+            " (SELECT coalesce(json_agg(json_build_array(b.ref, b.payload)), '[]') FROM rental_outbox b"
+            "   WHERE b.kind = ANY(%s) AND b.settled_at IS NULL)"
+            " FROM rental_snapshot s WHERE s.origin = %s", (list(HOLDING_KINDS), origin))
         if not rows:
             return None
-        units, read_at, overrides, held = rows[0]
-        units, read_at = loads_units(units), finite(read_at)
-        if units is None or read_at is None:
+        data, read_at, patches, holds = rows[0]
+        data, read_at = loads_object(data), finite(read_at)
+        if data is None or read_at is None:
             return None  # written by something else: one refresh replaces it
-        overrides = {str(k): str(v) for k, v in (overrides or {}).items()} if isinstance(overrides, dict) else {}
-        return StoredSnapshot(units, read_at, overrides, frozenset(str(u) for u in held or ()))
+        patches = {str(k): str(v) for k, v in patches.items()} if isinstance(patches, dict) else {}
+        return StoredSnapshot(data, read_at, patches, loads_holds(holds))
 
-    def save_snapshot(self, origin: str, units: list[dict[str, Any]], read_started: float, read_at: float) -> None:
+    def holds(self) -> tuple[dict[str, Any], ...]:
+        return loads_holds(self._query(
+            "SELECT ref, payload FROM rental_outbox WHERE kind = ANY(%s) AND settled_at IS NULL",
+            (list(HOLDING_KINDS),)))
+
+    def save_snapshot(self, origin: str, data: dict[str, Any], read_started: float, read_at: float) -> None:
         with self._session() as conn, conn.transaction():
-            conn.execute("INSERT INTO rental_snapshot (origin, units, read_at, read_started) VALUES (%s, %s, %s, %s)"
-                         " ON CONFLICT (origin) DO UPDATE SET units = excluded.units, read_at = excluded.read_at,"
-                         " read_started = excluded.read_started", (origin, json.dumps(units), read_at, read_started))
-            # a status a booking set while this read was in flight may be newer than the read
-            conn.execute("DELETE FROM rental_status_override WHERE origin = %s AND at < %s",
+            conn.execute("INSERT INTO rental_snapshot (origin, data, read_at, read_started) VALUES (%s, %s, %s, %s)"
+                         " ON CONFLICT (origin) DO UPDATE SET data = excluded.data, read_at = excluded.read_at,"
+                         " read_started = excluded.read_started", (origin, json.dumps(data), read_at, read_started))
+            # a change a booking made while this read was in flight may be newer than the read
+            conn.execute("DELETE FROM rental_snapshot_patch WHERE origin = %s AND at < %s",
                          (origin, read_started - 1.0))
 
     def patch(self, origin: str, changes: Mapping[str, str], at: float) -> None:
         with self._session() as conn, conn.transaction():
             with conn.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO rental_status_override (origin, unit, status, at) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT (origin, unit) DO UPDATE SET status = excluded.status, at = excluded.at",
-                    [(origin, unit, status, at) for unit, status in changes.items()])
+                    "INSERT INTO rental_snapshot_patch (origin, key, value, at) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (origin, key) DO UPDATE SET value = excluded.value, at = excluded.at",
+                    [(origin, key, value, at) for key, value in changes.items()])
 
     # -- serialisation: advisory locks on a connection of their own -----------------------------
     @contextlib.contextmanager
@@ -208,8 +222,8 @@ class PostgresState:
         return out
 
     def held_units(self) -> set[str]:
-        return {u for (u,) in self._query("SELECT DISTINCT unit FROM rental_outbox WHERE kind = 'book'"
-                                          " AND settled_at IS NULL AND unit <> ''")}
+        return {u for (u,) in self._query("SELECT DISTINCT unit FROM rental_outbox WHERE kind = ANY(%s)"
+                                          " AND settled_at IS NULL AND unit <> ''", (list(HOLDING_KINDS),))}
 
     def attempt(self, ref: str, reason: str) -> int:
         rows = self._query("UPDATE rental_outbox SET attempts = attempts + 1, last_error = %s WHERE ref = %s"

@@ -13,8 +13,8 @@ import bisect
 import logging
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from typing import Iterable
+from datetime import date, datetime
+from typing import Iterable, NamedTuple
 
 from inventory.model import fold
 
@@ -126,37 +126,77 @@ def legacy(equipment_id: str, status: str, start: str, end: str, name: str, phon
                        name, phone, legacy=True)
 
 
+class Busy(NamedTuple):
+    """Dates a unit is taken: what availability needs of a reservation, and nothing more."""
+
+    equipment_id: str
+    start: date
+    end: date
+    ref: str
+
+
+def busy_of(reservations: Iterable[Reservation]) -> dict[str, list[list[object]]]:
+    """The compact form of the blocking ones, for the shared snapshot: by folded unit id, sorted
+    [start, end, ref] lists (day ordinals), ready for a Calendar with no work per reservation."""
+    by_unit: dict[str, list[list[object]]] = {}
+    for r in reservations:
+        if r.blocking:
+            by_unit.setdefault(fold(r.equipment_id), []).append([r.start.toordinal(), r.end.toordinal(), r.ref])
+    for items in by_unit.values():
+        items.sort()
+    return by_unit
+
+
 class Calendar:
-    """Blocking reservations by unit, sorted by start, for overlap and next-free questions."""
+    """What is taken when, by unit, sorted by start, for overlap and next-free questions. Built
+    from Reservations, or from the snapshot's compact form (`busy_of`) plus the reservations
+    changed since (they win by ref): a question touches only its unit's few entries, never the
+    thousands of others."""
 
-    def __init__(self, reservations: Iterable[Reservation]):
-        self._by_unit: dict[str, list[Reservation]] = {}
-        for r in reservations:
-            if r.blocking:
-                self._by_unit.setdefault(fold(r.equipment_id), []).append(r)
-        for items in self._by_unit.values():
-            items.sort(key=lambda r: (r.start, r.end))
-        self._starts = {k: [r.start for r in v] for k, v in self._by_unit.items()}
+    def __init__(self, reservations: Iterable[Reservation] = (), busy: dict[str, list[list[object]]] | None = None):
+        self._by_unit: dict[str, list[list[object]]] = dict(busy or {})
+        changed = [r for r in reservations]
+        refs = {r.ref for r in changed}
+        for unit in {fold(r.equipment_id) for r in changed} | ({k for k, v in self._by_unit.items()
+                                                                if any(e[2] in refs for e in v)} if refs else set()):
+            kept = [e for e in self._by_unit.get(unit, []) if e[2] not in refs]
+            kept += [[r.start.toordinal(), r.end.toordinal(), r.ref] for r in changed
+                     if r.blocking and fold(r.equipment_id) == unit]
+            self._by_unit[unit] = sorted(kept)
+        self._starts: dict[str, list[int]] = {}
 
-    def conflicts(self, equipment_id: str, start: date, end: date, ignore_ref: str = "") -> list[Reservation]:
+    def _entries(self, equipment_id: str) -> tuple[str, list[list[object]]]:
         key = fold(equipment_id)
-        items = self._by_unit.get(key, [])
-        upto = bisect.bisect_right(self._starts.get(key, []), end)  # those starting after `end` can't overlap
-        return [r for r in items[:upto] if r.end >= start and r.ref != ignore_ref]
+        return key, self._by_unit.get(key, [])
+
+    def conflicts(self, equipment_id: str, start: date, end: date, ignore_ref: str = "") -> list[Busy]:
+        key, items = self._entries(equipment_id)
+        if key not in self._starts:
+            self._starts[key] = [int(e[0]) for e in items]  # type: ignore[call-overload]
+        s, e = start.toordinal(), end.toordinal()
+        upto = bisect.bisect_right(self._starts[key], e)  # those starting after `end` can't overlap
+        return [Busy(equipment_id, date.fromordinal(int(a)), date.fromordinal(int(b)), str(ref))  # type: ignore[call-overload]
+                for a, b, ref in items[:upto] if int(b) >= s and not _own(ref, ignore_ref)]  # type: ignore[call-overload]
 
     def next_free(self, equipment_id: str, start: date, days: int, ignore_ref: str = "") -> date | None:
         """The first day from `start` on that begins `days` free days, within HORIZON_DAYS."""
-        candidate = start
-        for r in self._by_unit.get(fold(equipment_id), []):
-            if r.ref == ignore_ref or r.end < candidate:
+        candidate = start.toordinal()
+        for a, b, ref in self._entries(equipment_id)[1]:
+            if _own(ref, ignore_ref) or int(b) < candidate:  # type: ignore[call-overload]
                 continue
-            if r.start > candidate + timedelta(days=days - 1):
+            if int(a) > candidate + days - 1:  # type: ignore[call-overload]
                 break
-            candidate = r.end + timedelta(days=1)
-        return candidate if candidate <= start + timedelta(days=HORIZON_DAYS) else None
+            candidate = int(b) + 1  # type: ignore[call-overload]
+        limit = start.toordinal() + HORIZON_DAYS
+        return date.fromordinal(candidate) if candidate <= min(limit, date.max.toordinal()) else None
 
-    def of_unit(self, equipment_id: str) -> list[Reservation]:
-        return list(self._by_unit.get(fold(equipment_id), []))
+
+CHANGE_HOLD = "~"  # a kept change holds its new dates as `ref~` until it is written
+
+
+def _own(ref: object, ignore_ref: str) -> bool:
+    """Whether a busy entry is the booking being changed, or the hold of its own pending change."""
+    return bool(ignore_ref) and (ref == ignore_ref or ref == ignore_ref + CHANGE_HOLD)
 
 
 def now_iso() -> str:

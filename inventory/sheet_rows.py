@@ -103,10 +103,17 @@ class TaggedRows:
             if found is not None and matches(*found):
                 return found
             logger.info("Reservation %s: rows moved while it was tagged - tagging it again", ref)
+        if found is not None:  # the last tag landed on another row: not left there
+            self._untag(ref)
         raise RowMissing(f"{ref}: the row kept moving while it was tagged")
 
-    def write(self, ref: str, cells: list[str]) -> None:
-        """The tagged row's cells from column A, RAW, wherever the row is now."""
+    def release(self, ref: str) -> None:
+        """Removes the reservation's tag (a sheet holds at most 30,000 characters of metadata)."""
+        self._untag(ref)
+
+    def write(self, ref: str, cells: list[str | None]) -> None:
+        """The tagged row's cells from column A, RAW, wherever the row is now; a None cell is left
+        as it is (the API skips null values), so what staff typed in other cells meanwhile stays."""
         body = {"valueInputOption": "RAW",
                 "data": [{"dataFilter": _lookup(ref), "majorDimension": "ROWS", "values": [cells]}]}
         result = self.http.request("post", f"{BASE}/{self.id}/values:batchUpdateByDataFilter", json=body).json()

@@ -1,26 +1,28 @@
-"""The Google Sheet as a Store: gspread's plain HTTPClient over google-auth, one values GET per
-read, RAW writes, and every request bounded (no gspread back-off: retries are ours)."""
+"""The Google Sheet as a Store: the Equipment, Reservations and Settings tabs read in one request,
+reservations appended RAW and changed by identity (inventory/sheet_rows.py), history rows appended
+by header. Retries are ours, bounded (inventory/retry.py); the HTTP side is inventory/google_http.py.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from typing import Any, Mapping
 
 import gspread
-import requests
-from google.auth import crypt
-from google.auth.exceptions import RefreshError, TransportError
-from google.auth.transport.requests import AuthorizedSession, Request
-from google.oauth2.service_account import Credentials
+from google.auth.exceptions import RefreshError
 
+from inventory import google_http
 from inventory.model import InventoryConfigError
-from inventory.retry import RETRY_STATUSES, bounded_timeout
-from inventory.table import LOG_HEADER, Table, column_letter, header_key
-from service_account import DEFAULT_TOKEN_URI
-from settings import DEFAULT_SHEETS_API_URL, InventorySettings
+from inventory.reservations import RESERVATION_HEADER
+from inventory.sheet_rows import RowMissing, TaggedRows
+from inventory.table import LOG_HEADER, SourceData, Table, header_key
+from settings import InventorySettings
 
-SCOPES = ["https://www.googleapis.com/auth/spreadsheets"]
+logger = logging.getLogger("equipment")
+
+APPEND = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
 
 
 class SheetStore:
@@ -38,30 +40,17 @@ class SheetStore:
     def http(self) -> gspread.HTTPClient:
         with self._lock:
             if self._client is None:
-                self._client = self._build_client()
+                self._client = google_http.client(self.cfg)
             return self._client.http_client
-
-    def _build_client(self) -> gspread.Client:
-        creds = service_account_credentials(self.cfg.credentials_info or {})
-        custom = self.cfg.api_url != DEFAULT_SHEETS_API_URL
-        token_uri = (self.cfg.credentials_info or {}).get("token_uri") or DEFAULT_TOKEN_URI
-        # The token request goes through our own transport: no retry adapter, no google-auth back-off
-        # (3 tries with 1 s + 2 s sleeps), the per-request timeout; a failure is one attempt of our
-        # bounded retry. With a proxy or a stand-in it reaches nothing but the JSON's token_uri.
-        session = AuthorizedSession(creds, auth_request=TokenRequest(self.cfg.http_timeout,
-                                                                     only=token_uri if custom else None))
-        if custom:
-            session.mount(DEFAULT_SHEETS_API_URL, RewriteAdapter(DEFAULT_SHEETS_API_URL, self.cfg.api_url))
-            # nothing else may leave through this session (it only ever talks to Sheets)
-            session.mount("https://", RefuseAdapter())
-            session.mount("http://", RefuseAdapter())
-        client = gspread.Client(None, session=session, http_client=BudgetedHTTPClient)
-        client.set_timeout(self.cfg.http_timeout)
-        return client
 
     @staticmethod
     def _ws(title: str) -> str:
         return "'" + title.replace("'", "''") + "'"
+
+    def _var(self, worksheet: str) -> str:
+        return {self.cfg.equipment_worksheet: "EQUIPMENT_WORKSHEET",
+                self.cfg.reservations_worksheet: "RESERVATIONS_WORKSHEET",
+                self.cfg.settings_worksheet: "SETTINGS_WORKSHEET"}.get(worksheet, "BOOKINGS_WORKSHEET")
 
     def _translate(self, e: Exception, worksheet: str) -> Exception:
         if isinstance(e, gspread.exceptions.APIError):
@@ -77,151 +66,161 @@ class SheetStore:
             if status == 401:
                 return InventoryConfigError(f"Google rejected the service-account credentials (HTTP 401: {msg})")
             if status == 400 and "parse range" in msg:
-                var = "EQUIPMENT_WORKSHEET" if worksheet == self.cfg.equipment_worksheet else "BOOKINGS_WORKSHEET"
-                return InventoryConfigError(
-                    f"Google Sheet {self.cfg.sheet_id!r} has no worksheet named {worksheet!r} ({var})")
+                return InventoryConfigError(f"Google Sheet {self.cfg.sheet_id!r} has no worksheet named "
+                                            f"{worksheet!r} ({self._var(worksheet)})")
         if isinstance(e, RefreshError) and not getattr(e, "retryable", False):
             return InventoryConfigError(f"the service-account token request was refused: {e}")
         return e
 
-    def read_table(self) -> Table:
-        ws = self.cfg.equipment_worksheet
+    @staticmethod
+    def _table(values: list[list[Any]], where: str) -> Table:
+        header = [str(h) for h in values[0]] if values else []
+        return Table(header, [[str(c) for c in r] for r in values[1:]], where)
+
+    # -- reading ------------------------------------------------------------------------------
+    def _titles(self) -> set[str]:
+        meta = self.http().fetch_sheet_metadata(self.cfg.sheet_id, params={"fields": "sheets.properties.title"})
+        return {str((s.get("properties") or {}).get("title", "")) for s in meta.get("sheets") or []}
+
+    def read_all(self) -> SourceData:
+        """One values:batchGet for the three tabs; a sheet without the Reservations or Settings tab
+        costs a metadata request more (an old sheet, until the first booking creates the tab)."""
+        tabs = [self.cfg.equipment_worksheet, self.cfg.reservations_worksheet, self.cfg.settings_worksheet]
+        try:
+            try:
+                data = self.http().values_batch_get(self.cfg.sheet_id, [self._ws(t) for t in tabs])
+            except gspread.exceptions.APIError as e:
+                if e.response.status_code != 400:
+                    raise
+                present = self._titles()
+                if self.cfg.equipment_worksheet not in present:
+                    raise
+                tabs = [t for t in tabs if t in present]
+                data = self.http().values_batch_get(self.cfg.sheet_id, [self._ws(t) for t in tabs])
+        except Exception as e:
+            raise self._translate(e, self.cfg.equipment_worksheet) from e
+        got = {t: (r.get("values") or []) for t, r in zip(tabs, data.get("valueRanges") or [])}
+        reservations = got.get(self.cfg.reservations_worksheet)
+        settings = got.get(self.cfg.settings_worksheet)
+        return SourceData(
+            equipment=self._table(got.get(self.cfg.equipment_worksheet, []), f"worksheet {self.cfg.equipment_worksheet!r}"),
+            reservations=None if reservations is None else self._table(
+                reservations, f"worksheet {self.cfg.reservations_worksheet!r}"),
+            settings=None if settings is None else [[str(c) for c in r] for r in settings])
+
+    def read_reservations(self) -> Table | None:
+        ws = self.cfg.reservations_worksheet
         try:
             data = self.http().values_get(self.cfg.sheet_id, self._ws(ws))
-        except Exception as e:
+        except gspread.exceptions.APIError as e:
+            if e.response.status_code == 400:
+                return None  # no Reservations tab yet
             raise self._translate(e, ws) from e
-        values = data.get("values") or []
-        header = [str(h) for h in values[0]] if values else []
-        return Table(header, [[str(c) for c in r] for r in values[1:]], f"worksheet {ws!r}")
+        return self._table(data.get("values") or [], f"worksheet {ws!r}")
 
-    def write_unit(self, row_index: int, equipment_id: str, fields: dict[str, str], table: Table) -> None:
-        ws = self.cfg.equipment_worksheet
-        rownum = row_index + 2
-        data = [{"range": f"{self._ws(ws)}!{column_letter(table.cols[k])}{rownum}", "values": [[v]]}
-                for k, v in fields.items() if k in table.cols]
+    # -- writing ------------------------------------------------------------------------------
+    def _create_tab(self, title: str, header: list[str]) -> None:
+        """A missing tab, created with its header in one batchUpdate (all or nothing), so no other
+        writer's row can land above the header. 400: another process created it meanwhile."""
+        grid = random.randint(1_000_000, 2_000_000_000)
         try:
-            self.http().values_batch_update(self.cfg.sheet_id, {"valueInputOption": "RAW", "data": data})
-        except Exception as e:
-            raise self._translate(e, ws) from e
+            self.http().batch_update(self.cfg.sheet_id, {"requests": [
+                {"addSheet": {"properties": {"sheetId": grid, "title": title, "gridProperties": {
+                    "rowCount": 1000, "columnCount": len(header)}}}},
+                {"updateCells": {"start": {"sheetId": grid, "rowIndex": 0, "columnIndex": 0},
+                                 "rows": [{"values": [{"userEnteredValue": {"stringValue": h}} for h in header]}],
+                                 "fields": "userEnteredValue"}},
+            ]})
+        except gspread.exceptions.APIError as e:
+            if e.response.status_code != 400:  # 400 = exists already
+                raise self._translate(e, title) from e
 
-    def log_refs(self) -> set[str]:
+    def _header(self, title: str, default: list[str]) -> list[str]:
+        """The tab's header row (creating the tab with `default` if it is missing)."""
+        try:
+            values = self.http().values_get(self.cfg.sheet_id, f"{self._ws(title)}!1:1").get("values") or []
+        except gspread.exceptions.APIError as e:
+            if e.response.status_code != 400:
+                raise self._translate(e, title) from e
+            self._create_tab(title, default)
+            return list(default)
+        if not values or not any(str(h).strip() for h in values[0]):
+            return list(default)  # an empty tab: rows go in our order
+        return [str(h) for h in values[0]]
+
+    def _append(self, title: str, row: list[str]) -> None:
+        try:
+            self.http().values_append(self.cfg.sheet_id, f"{self._ws(title)}!A1", APPEND, {"values": [row]})
+        except Exception as e:
+            raise self._translate(e, title) from e
+
+    def append_reservation(self, values: dict[str, str]) -> None:
+        """One RAW append of the reservation's row, its cells placed by the tab's header."""
+        title = self.cfg.reservations_worksheet
+        header = self._header(title, RESERVATION_HEADER)
+        table = Table(header, [], f"worksheet {title!r}")
+        missing = [k for k in ("ref", "equipmentid", "start", "end", "status") if k not in table.cols]
+        if missing:
+            raise InventoryConfigError(f"worksheet {title!r} has no {', '.join(missing)} column(s)")
+        self._append(title, table.row_for(values))
+
+    def update_reservation(self, ref: str, values: dict[str, str], equipment_id: str) -> None:
+        """The row carrying `ref`, changed through its identity tag wherever staff moved it, then
+        read back: a write is trusted only once the row shows it."""
+        title = self.cfg.reservations_worksheet
+        rows = TaggedRows(self.http(), self.cfg.sheet_id, title)
+
+        def cols(header: list[str]) -> dict[str, int]:
+            return {header_key(h): i for i, h in enumerate(header) if header_key(h)}
+
+        def matches(header: list[str], cells: list[str]) -> bool:
+            c = cols(header)
+            return (c.get("ref") is not None and len(cells) > c["ref"] and cells[c["ref"]].strip() == ref
+                    and (c.get("equipmentid") is None
+                         or (len(cells) > c["equipmentid"] and cells[c["equipmentid"]].strip() == equipment_id)))
+
+        def find_row() -> int | None:
+            table = self.read_reservations()
+            index = table.find_ref(ref) if table is not None else None
+            return None if index is None else index + 1  # grid row: the header is row 0
+
+        try:
+            header, cells = rows.ensure_tag(ref, find_row, matches)
+            c = cols(header)
+            new: list[str | None] = [None] * len(header)  # only the changed cells: the rest stay as they are
+            for k, v in values.items():
+                if k in c:
+                    new[c[k]] = v
+            rows.write(ref, new)
+            check = rows.read(ref)
+        except RowMissing as e:
+            raise InventoryConfigError(f"reservation {ref} is not in worksheet {title!r} any more ({e})") from e
+        except gspread.exceptions.APIError as e:
+            raise self._translate(e, title) from e
+        if check is None or not matches(*check) or any(
+                k in c and (check[1][c[k]] if len(check[1]) > c[k] else "").strip() != v.strip()
+                for k, v in values.items()):
+            raise InventoryConfigError(f"reservation {ref}: the change did not read back (staff edited the row?)")
+        # a sheet holds at most 30,000 characters of tags (~1,900 rows), so none outlives its change;
+        # the next change tags the row again
+        try:
+            rows.release(ref)
+        except Exception as e:  # noqa: BLE001 - the change is made; a tag left behind is harmless
+            logger.info("Reservation %s changed; its row tag stays (%s)", ref, e)
+
+    def log_keys(self) -> set[str]:
+        """What the history tab already holds: each BOOKING/CALLBACK ref, and ref|kind|at for changes."""
         ws = self.cfg.bookings_worksheet
         try:
             data = self.http().values_get(self.cfg.sheet_id, self._ws(ws))
         except gspread.exceptions.APIError as e:
             if e.response.status_code == 400:
-                return set()  # no Bookings worksheet yet
+                return set()  # no history tab yet
             raise self._translate(e, ws) from e
-        values = data.get("values") or []
-        if not values:
-            return set()
-        col = next((i for i, h in enumerate(values[0]) if header_key(h) == "bookingref"), 0)
-        return {str(r[col]).strip() for r in values[1:] if len(r) > col and str(r[col]).strip()}
+        return self._table(data.get("values") or [], f"worksheet {ws!r}").history_keys()
 
     def append_log(self, row: list[str]) -> None:
-        ws = self.cfg.bookings_worksheet
-        params = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
-        http = self.http()
-        try:
-            http.values_append(self.cfg.sheet_id, f"{self._ws(ws)}!A1", params, {"values": [row]})
-            return
-        except gspread.exceptions.APIError as e:
-            if e.response.status_code != 400:
-                raise self._translate(e, ws) from e
-        # The Bookings worksheet is missing: create it with its header in one batchUpdate (all or
-        # nothing), so no other writer's row can land above the header. 400 = another process
-        # created it meanwhile (with its header): just append.
-        sheet_id = random.randint(1_000_000, 2_000_000_000)
-        try:
-            http.batch_update(self.cfg.sheet_id, {"requests": [
-                {"addSheet": {"properties": {"sheetId": sheet_id, "title": ws, "gridProperties": {
-                    "rowCount": 1000, "columnCount": len(LOG_HEADER)}}}},
-                {"updateCells": {"start": {"sheetId": sheet_id, "rowIndex": 0, "columnIndex": 0},
-                                 "rows": [{"values": [{"userEnteredValue": {"stringValue": h}}
-                                                      for h in LOG_HEADER]}],
-                                 "fields": "userEnteredValue"}},
-            ]})
-        except gspread.exceptions.APIError as e:
-            if e.response.status_code != 400:  # 400 = exists already
-                raise self._translate(e, ws) from e
-        try:
-            http.values_append(self.cfg.sheet_id, f"{self._ws(ws)}!A1", params, {"values": [row]})
-        except Exception as e:
-            raise self._translate(e, ws) from e
-
-
-def service_account_credentials(info: Mapping[str, Any]) -> Credentials:
-    """Credentials.from_service_account_info(info, scopes=SCOPES), minus its RSA key validation:
-    that check holds the GIL for ~40 ms, which would stall the call's event loop while a
-    background refresh starts. The key is our own configuration, already parsed by settings."""
-    try:
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        key = load_pem_private_key(str(info["private_key"]).encode(), password=None,
-                                   unsafe_skip_rsa_key_validation=True)
-        signer = crypt.RSASigner(key, key_id=info.get("private_key_id"))
-        return Credentials(signer, info["client_email"], info.get("token_uri") or DEFAULT_TOKEN_URI,
-                           scopes=SCOPES, project_id=info.get("project_id"),
-                           universe_domain=info.get("universe_domain") or "googleapis.com")
-    except Exception:  # noqa: BLE001 - the documented constructor, slower but always right
-        return Credentials.from_service_account_info(dict(info), scopes=SCOPES)
-
-
-class BudgetedHTTPClient(gspread.HTTPClient):
-    """gspread's plain HTTPClient whose per-request timeout never outlasts the retry budget."""
-
-    @property  # type: ignore[override]
-    def timeout(self) -> Any:
-        return bounded_timeout(getattr(self, "_base_timeout", None))
-
-    @timeout.setter
-    def timeout(self, value: Any) -> None:
-        self._base_timeout = value
-
-
-class RewriteAdapter(requests.adapters.HTTPAdapter):
-    """Sends https://sheets.googleapis.com/... to GOOGLE_SHEETS_API_URL (a proxy or a stand-in)."""
-
-    def __init__(self, prefix: str, target: str):
-        super().__init__()
-        self.prefix, self.target = prefix, target.rstrip("/")
-
-    def send(self, request: Any, **kwargs: Any) -> Any:
-        if request.url.startswith(self.prefix):
-            request.url = self.target + request.url[len(self.prefix):]
-        return super().send(request, **kwargs)
-
-
-class RefuseAdapter(requests.adapters.BaseAdapter):
-    def send(self, request: Any, **kwargs: Any) -> Any:
-        raise requests.exceptions.InvalidURL(
-            f"equipment: refusing to send {request.method} {request.url} (only Sheets API calls go out)")
-
-    def close(self) -> None:
-        pass
-
-
-class TokenRequest:
-    """The transport google-auth uses for the token request: a plain requests.Session (no retry
-    adapter), bounded by the per-request timeout and the retry budget, and a retryable HTTP status
-    raised at once as a TransportError (so google-auth's own back-off never runs). With `only`
-    set, any other address (google-auth's background look-ups) is refused without a request."""
-
-    def __init__(self, timeout: tuple[float, float], only: str | None = None):
-        self._timeout = timeout
-        self._only = only
-        self._request = Request(requests.Session())
-
-    def __call__(self, url: str, method: str = "GET", body: Any = None, headers: Any = None,
-                 timeout: Any = None, **kwargs: Any) -> Any:
-        if self._only is not None and url != self._only:
-            raise TransportError(f"not sent: only the token endpoint is used here ({url})")
-        bound = bounded_timeout(self._timeout)
-        if isinstance(timeout, (int, float)):
-            bound = (min(bound[0], timeout), min(bound[1], timeout))
-        elif isinstance(timeout, tuple) and len(timeout) == 2 and None not in timeout:
-            bound = (min(bound[0], timeout[0]), min(bound[1], timeout[1]))
-        response = self._request(url, method=method, body=body, headers=headers, timeout=bound, **kwargs)
-        if response.status in RETRY_STATUSES:
-            raise TransportError(f"token endpoint answered HTTP {response.status}")
-        return response
+        """A history row (LOG_HEADER order), its cells placed by the tab's own header."""
+        title = self.cfg.bookings_worksheet
+        table = Table(self._header(title, LOG_HEADER), [], f"worksheet {title!r}")
+        self._append(title, table.row_for({header_key(h): v for h, v in zip(LOG_HEADER, row)}))

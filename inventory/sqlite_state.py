@@ -15,22 +15,46 @@ import filelock
 
 from inventory.files import Locks
 from inventory.state import (
-    SCHEMA_VERSION, LockTimeout, OutboxRow, StateUnavailable, StoredSnapshot, finite, loads_object, loads_units,
+    HOLDING_KINDS, SCHEMA_VERSION, LockTimeout, OutboxRow, StateUnavailable, StoredSnapshot, finite, loads_holds,
+    loads_object,
 )
 
 DB_FILE = "state.db"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshot (
-    origin TEXT PRIMARY KEY, units TEXT NOT NULL, read_at REAL NOT NULL, read_started REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS status_override (
-    origin TEXT NOT NULL, unit TEXT NOT NULL, status TEXT NOT NULL, at REAL NOT NULL,
-    PRIMARY KEY (origin, unit));
+    origin TEXT PRIMARY KEY, data TEXT NOT NULL, read_at REAL NOT NULL, read_started REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot_patch (
+    origin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (origin, key));
 CREATE TABLE IF NOT EXISTS outbox (
     ref TEXT PRIMARY KEY, kind TEXT NOT NULL, unit TEXT NOT NULL DEFAULT '', payload TEXT NOT NULL,
     created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
     uncertain_at REAL, settled_at REAL, outcome TEXT);
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (settled_at, created_at);
 """
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """The schema, in one transaction (two processes starting at once: one does it). A database
+    from schema 1 keeps its outbox (nothing pending is lost); its snapshot table held the units
+    alone, so it goes (a cache: the next refresh fills it again) and with it the per-unit status
+    overrides, which the snapshot's patches replaced."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(snapshot)")}
+            if columns and "data" not in columns:
+                conn.execute("DROP TABLE snapshot")
+            conn.execute("DROP TABLE IF EXISTS status_override")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
 
 
 class SqliteState:
@@ -55,8 +79,7 @@ class SqliteState:
                 conn.execute("PRAGMA synchronous=FULL")  # the outbox must survive a power cut
                 if not self._ready:
                     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                        conn.executescript(SCHEMA)
-                        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                        _migrate(conn)
                     self._ready = True
             except sqlite3.Error as e:
                 raise StateUnavailable(f"SQLite state {self.path}: {e}") from e
@@ -91,28 +114,33 @@ class SqliteState:
 
     # -- the snapshot -------------------------------------------------------------------------
     def snapshot(self, origin: str) -> StoredSnapshot | None:
-        rows = self._query("SELECT units, read_at FROM snapshot WHERE origin = ?", (origin,))
+        rows = self._query("SELECT data, read_at FROM snapshot WHERE origin = ?", (origin,))
         if not rows:
             return None
-        units, read_at = loads_units(rows[0][0]), finite(rows[0][1])
-        if units is None or read_at is None:
+        data, read_at = loads_object(rows[0][0]), finite(rows[0][1])
+        if data is None or read_at is None:
             return None  # written by something else: one refresh replaces it
-        overrides = dict(self._query("SELECT unit, status FROM status_override WHERE origin = ?", (origin,)))
-        return StoredSnapshot(units, read_at, overrides, frozenset(self.held_units()))
+        patches = dict(self._query("SELECT key, value FROM snapshot_patch WHERE origin = ?", (origin,)))
+        return StoredSnapshot(data, read_at, patches, self.holds())
 
-    def save_snapshot(self, origin: str, units: list[dict[str, Any]], read_started: float, read_at: float) -> None:
+    def holds(self) -> tuple[dict[str, Any], ...]:
+        marks = ",".join("?" * len(HOLDING_KINDS))
+        return loads_holds(self._query(
+            f"SELECT ref, payload FROM outbox WHERE kind IN ({marks}) AND settled_at IS NULL", HOLDING_KINDS))
+
+    def save_snapshot(self, origin: str, data: dict[str, Any], read_started: float, read_at: float) -> None:
         with self._tx() as conn:
-            conn.execute("INSERT INTO snapshot (origin, units, read_at, read_started) VALUES (?, ?, ?, ?) "
-                         "ON CONFLICT (origin) DO UPDATE SET units = excluded.units, read_at = excluded.read_at, "
-                         "read_started = excluded.read_started", (origin, json.dumps(units), read_at, read_started))
-            # a status a booking set while this read was in flight may be newer than the read
-            conn.execute("DELETE FROM status_override WHERE origin = ? AND at < ?", (origin, read_started - 1.0))
+            conn.execute("INSERT INTO snapshot (origin, data, read_at, read_started) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (origin) DO UPDATE SET data = excluded.data, read_at = excluded.read_at, "
+                         "read_started = excluded.read_started", (origin, json.dumps(data), read_at, read_started))
+            # a change a booking made while this read was in flight may be newer than the read
+            conn.execute("DELETE FROM snapshot_patch WHERE origin = ? AND at < ?", (origin, read_started - 1.0))
 
     def patch(self, origin: str, changes: Mapping[str, str], at: float) -> None:
         with self._tx() as conn:
-            conn.executemany("INSERT INTO status_override (origin, unit, status, at) VALUES (?, ?, ?, ?) "
-                             "ON CONFLICT (origin, unit) DO UPDATE SET status = excluded.status, at = excluded.at",
-                             [(origin, unit, status, at) for unit, status in changes.items()])
+            conn.executemany("INSERT INTO snapshot_patch (origin, key, value, at) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT (origin, key) DO UPDATE SET value = excluded.value, at = excluded.at",
+                             [(origin, key, value, at) for key, value in changes.items()])
 
     # -- serialisation ------------------------------------------------------------------------
     def refresh_turn(self, origin: str) -> contextlib.AbstractContextManager[bool]:
@@ -154,8 +182,9 @@ class SqliteState:
         return out
 
     def held_units(self) -> set[str]:
-        return {u for (u,) in self._query("SELECT DISTINCT unit FROM outbox WHERE kind = 'book' "
-                                          "AND settled_at IS NULL AND unit != ''")}
+        marks = ",".join("?" * len(HOLDING_KINDS))
+        return {u for (u,) in self._query(f"SELECT DISTINCT unit FROM outbox WHERE kind IN ({marks}) "
+                                          "AND settled_at IS NULL AND unit != ''", HOLDING_KINDS)}
 
     def attempt(self, ref: str, reason: str) -> int:
         with self._tx() as conn:

@@ -23,8 +23,9 @@ from typing import Any, ContextManager, Mapping, Protocol
 
 logger = logging.getLogger("equipment")
 
-SCHEMA_VERSION = 1
-OUTBOX_KINDS = ("book", "callback", "log")
+SCHEMA_VERSION = 2  # 2: the snapshot is one JSON object (units, reservations, policy), patched by reservation
+OUTBOX_KINDS = ("book", "change", "callback", "log")
+HOLDING_KINDS = ("book", "change")  # pending entries that hold a unit for their dates
 
 
 class StateUnavailable(Exception):
@@ -37,16 +38,16 @@ class LockTimeout(Exception):
 
 @dataclass(frozen=True)
 class StoredSnapshot:
-    units: list[dict[str, Any]]  # as read from the source; validated by the cache
+    data: dict[str, Any]  # units, reservations and policy as read from the source; validated by the cache
     read_at: float  # time.time() of the read
-    overrides: dict[str, str] = field(default_factory=dict)  # folded unit -> status set by a booking
-    held: frozenset[str] = frozenset()  # folded units held by pending outbox bookings
+    patches: dict[str, str] = field(default_factory=dict)  # reservation ref -> its state since the read
+    holds: tuple[dict[str, Any], ...] = ()  # payloads of pending bookings and changes: their dates are taken
 
 
 @dataclass(frozen=True)
 class OutboxRow:
     ref: str
-    kind: str  # book | callback | log
+    kind: str  # book | change | callback | log
     payload: dict[str, Any]
     attempts: int = 0
     uncertain_at: float | None = None  # a Bookings append timed out then: it may still land
@@ -59,7 +60,7 @@ class State(Protocol):
 
     # the snapshot
     def snapshot(self, origin: str) -> StoredSnapshot | None: ...
-    def save_snapshot(self, origin: str, units: list[dict[str, Any]], read_started: float, read_at: float) -> None: ...
+    def save_snapshot(self, origin: str, data: dict[str, Any], read_started: float, read_at: float) -> None: ...
     def patch(self, origin: str, changes: Mapping[str, str], at: float) -> None: ...
 
     # serialisation
@@ -72,6 +73,7 @@ class State(Protocol):
     def add(self, ref: str, kind: str, unit: str, payload: Mapping[str, Any]) -> None: ...
     def pending(self) -> list[OutboxRow]: ...
     def held_units(self) -> set[str]: ...
+    def holds(self) -> tuple[dict[str, Any], ...]: ...
     def attempt(self, ref: str, reason: str) -> int: ...
     def mark_uncertain(self, ref: str, at: float) -> None: ...
     def settle(self, ref: str, outcome: str) -> None: ...
@@ -98,8 +100,22 @@ def loads_object(text: Any) -> dict[str, Any] | None:
     return None
 
 
+def loads_holds(items: Any) -> tuple[dict[str, Any], ...]:
+    """The payloads of pending bookings and changes that are readable objects, from (ref, payload)
+    pairs: each with its row's ref, which the payload of another version may lack (its dates are
+    held all the same until the entry is settled)."""
+    out = []
+    for item in items or ():
+        ref, payload = item
+        data = loads_object(payload)
+        if data is not None:
+            out.append({**data, "ref": str(ref)})
+    return tuple(out)
+
+
 def loads_units(text: Any) -> list[dict[str, Any]] | None:
-    """The snapshot's units if they are a list of objects with an id; None otherwise."""
+    """A list of unit objects with an id (the format of earlier versions' snapshot file); None
+    otherwise."""
     data = text
     if isinstance(text, (str, bytes)):
         try:

@@ -1,5 +1,5 @@
-"""A worksheet as read, the columns we know, the Bookings-tab row, and the Store interface that
-the Sheets and CSV stores share."""
+"""A worksheet as read, the columns we know, the history row, and the Store interface that the
+Sheets and CSV stores share."""
 
 from __future__ import annotations
 
@@ -9,18 +9,23 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from inventory.model import KNOWN_STATUSES, InventoryConfigError, Unit, fold
+from inventory.reservations import RESERVATION_KEYS, Reservation, from_row, legacy
 
 logger = logging.getLogger("equipment")
 
 COLUMNS = {
     "id": "ID", "name": "Name", "category": "Category", "status": "Status",
-    "dailyrate": "Daily Rate", "weeklyrate": "Weekly Rate", "description": "Description",
+    "dailyrate": "Daily Rate", "weeklyrate": "Weekly Rate", "4weekrate": "4-Week Rate", "deposit": "Deposit",
+    "description": "Description",
+    # a sheet from before the Reservations tab kept the rental on the unit's row
     "rentername": "Renter Name", "renterphone": "Renter Phone", "rentalstart": "Rental Start",
     "rentalend": "Rental End", "bookingref": "Booking Ref", "bookedat": "Booked At",
 }
 REQUIRED = ("id", "name", "status")
+RESERVATIONS_REQUIRED = ("ref", "equipmentid", "start", "end", "status")
+# The history tab (Bookings): one row per change the agent makes, and per call-back request.
 LOG_HEADER = ["Booking Ref", "Booked At", "Equipment ID", "Equipment Name", "Renter Name", "Renter Phone",
-              "Rental Start", "Rental End", "Call ID", "Kind", "Note"]
+              "Rental Start", "Rental End", "Call ID", "Kind", "Note", "Total"]
 
 
 def header_key(header: str) -> str:
@@ -73,6 +78,16 @@ class Table:
         i = self.cols.get(key)
         return str(row[i]).strip() if i is not None and i < len(row) else ""
 
+    def history_keys(self) -> set[str]:
+        """The history tab's rows as the outbox's keys: a booking or call-back by its ref; a change
+        by ref, kind and time (one ref has several)."""
+        keys = set()
+        for r in self.rows:
+            ref, kind, at = self.get(r, "bookingref"), self.get(r, "kind").upper(), self.get(r, "bookedat")
+            if ref:
+                keys.add(ref if kind in ("BOOKING", "CALLBACK", "") else f"{ref}|{kind}|{at}")
+        return keys
+
     def find(self, equipment_id: str) -> tuple[int, list[str]] | None:
         want = fold(equipment_id)
         for i, r in enumerate(self.rows):
@@ -85,7 +100,58 @@ class Table:
                     status=self.get(row, "status").upper(), category=self.get(row, "category"),
                     daily_rate=parse_money(self.get(row, "dailyrate")),
                     weekly_rate=parse_money(self.get(row, "weeklyrate")),
-                    description=self.get(row, "description"))
+                    description=self.get(row, "description"),
+                    four_week_rate=parse_money(self.get(row, "4weekrate")),
+                    deposit=parse_money(self.get(row, "deposit")))
+
+    def legacy_reservations(self) -> list[Reservation]:
+        """Rentals kept on the units' rows by a sheet from before the Reservations tab."""
+        out = []
+        for r in self.rows:
+            found = legacy(self.get(r, "id"), self.get(r, "status"), self.get(r, "rentalstart"),
+                           self.get(r, "rentalend"), self.get(r, "rentername"), self.get(r, "renterphone"),
+                           self.get(r, "bookingref"))
+            if found is not None and found.equipment_id:
+                out.append(found)
+        return out
+
+    def cells(self, row: list[str]) -> dict[str, str]:
+        return {k: self.get(row, k) for k in self.cols}
+
+    def reservations(self, log_problems: bool = False, problems: list[str] | None = None) -> list[Reservation]:
+        """The Reservations tab's rows; a row naming a unit with dates that can't be read is logged
+        (a booking the agent can't see is one it could sell twice: staff must fix it)."""
+        missing = [k for k in RESERVATIONS_REQUIRED if k not in self.cols]
+        if missing:
+            raise InventoryConfigError(f"{self.where} has no {', '.join(repr(k) for k in missing)} column(s) "
+                                       f"(found: {', '.join(repr(h) for h in self.header if h.strip())})")
+        out = []
+        for i, r in enumerate(self.rows):
+            try:
+                found = from_row({k: self.get(r, k) for k in RESERVATION_KEYS}, f"{self.where} row {i + 2}")
+            except ValueError as e:
+                if log_problems:
+                    logger.warning("%s - ignored: fix the row so the agent can see this booking", e)
+                if problems is not None:
+                    problems.append(str(e))
+                continue
+            if found is not None:
+                out.append(found)
+        return out
+
+    def find_ref(self, ref: str) -> int | None:
+        """The row index (0-based, data rows) holding this reservation Ref, if exactly one does."""
+        want = fold(ref)
+        found = [i for i, r in enumerate(self.rows) if want and fold(self.get(r, "ref")) == want]
+        return found[0] if len(found) == 1 else None
+
+    def row_for(self, values: dict[str, str]) -> list[str]:
+        """Cells in this table's column order (by header, never by position)."""
+        row = [""] * len(self.header)
+        for k, v in values.items():
+            if k in self.cols:
+                row[self.cols[k]] = v
+        return row
 
     def units(self, log_unknown: bool = False) -> list[Unit]:
         self.check_required()
@@ -107,8 +173,9 @@ class Table:
 
 @dataclass(frozen=True)
 class LogRow:
-    """One row of the Bookings tab (LOG_HEADER order): a booking, a call-back request, or a
-    conflict staff must sort out. The one place such a row is built."""
+    """One row of the history (Bookings) tab, LOG_HEADER order: a booking, a change to one
+    (EXTENDED, MOVED, CANCELLED), a call-back request, or a conflict staff must sort out. The one
+    place such a row is built."""
 
     ref: str
     at: str
@@ -121,22 +188,51 @@ class LogRow:
     end: str = ""
     call_id: str = ""
     note: str = ""
+    total: str = ""
+
+    @property
+    def key(self) -> str:
+        """What makes this row unique (a ref has one BOOKING row, and one row per later change)."""
+        return self.ref if self.kind in ("BOOKING", "CALLBACK") else f"{self.ref}|{self.kind}|{self.at}"
 
     def cells(self, prepare_text: Callable[[str], str]) -> list[str]:
         """Caller text prepared for the store (stored RAW in Sheets; neutralised in a CSV)."""
         p = prepare_text
         return [self.ref, self.at, self.equipment_id, p(self.equipment_name), p(self.name), p(self.phone),
-                self.start, self.end, p(self.call_id), self.kind, p(self.note)]
+                self.start, self.end, p(self.call_id), self.kind, p(self.note), self.total]
+
+
+@dataclass
+class CheckReport:
+    """What `check` found on a direct read of the source."""
+
+    units: list[Unit]
+    reservations: int
+    problems: list[str]  # reservation rows the agent cannot read
+    has_reservations: bool  # the Reservations tab exists (else the first booking creates it)
+    has_settings: bool  # the Settings tab exists (else the documented defaults apply)
+
+
+@dataclass
+class SourceData:
+    """Everything a refresh reads, in one request where the store allows it."""
+
+    equipment: Table
+    reservations: Table | None  # None: no Reservations tab yet (an old sheet)
+    settings: list[list[str]] | None  # None: no Settings tab (the documented defaults)
 
 
 class Store(Protocol):
-    """The same small synchronous interface over the sheet and the CSV (always called off the loop)."""
+    """The same small synchronous interface over the sheet and the CSV (always called off the loop).
+    Reservations are appended, and changed by their Ref, never by a row number."""
 
     source: str  # "sheet" or "csv"
     origin: str  # identity of the data, so a snapshot of another source is never served
 
-    def read_table(self) -> Table: ...
-    def write_unit(self, row_index: int, equipment_id: str, fields: dict[str, str], table: Table) -> None: ...
-    def log_refs(self) -> set[str]: ...
+    def read_all(self) -> SourceData: ...
+    def read_reservations(self) -> Table | None: ...
+    def append_reservation(self, values: dict[str, str]) -> None: ...
+    def update_reservation(self, ref: str, values: dict[str, str], equipment_id: str) -> None: ...
+    def log_keys(self) -> set[str]: ...
     def append_log(self, row: list[str]) -> None: ...
     def prepare_text(self, s: str) -> str: ...

@@ -2,9 +2,17 @@
 
 Inventory fixtures (equipment.py):
 - ``sheets``: a started local Google Sheets stand-in (tests/fakes/sheets_server.py,
-  ``SheetsStandIn``) with worksheet "Equipment" preloaded from data/equipment.csv (20 units, several
-  categories, AVAILABLE/RENTED/MAINTENANCE) and no "Bookings" worksheet (the first booking creates
-  it). Use ``sheets.counts["read"|"write"|"append"|"token"|"metadata"|"structure"]``,
+  ``SheetsStandIn``) with worksheets "Equipment" (data/equipment.csv: 20 units, several categories),
+  "Reservations" (data/reservations.csv) and "Settings" (data/settings.csv) preloaded, and no
+  "Bookings" worksheet (the first booking creates it). A test marked ``@pytest.mark.old_sheet``
+  starts from a sheet from before the Reservations tab: Equipment only (set its rows with
+  ``sheets.set_rows``), no Reservations or Settings tab. Use
+  ``sheets.counts["read"|"write"|"append"|"token"|"metadata"|"structure"|"filter_read"|"filter_write"]``,
+  ``sheets.ops["createDeveloperMetadata"]`` (each :batchUpdate request type), ``sheets.metadata()``,
+  ``sheets.write_log`` (every row a request wrote, before and after), ``sheets.shuffle(seed)``
+  (staff insert, delete and sort rows before every request), ``sheets.before(kind, fn)``, staff
+  edits (no request counted) ``sheets.append_row("Reservations", {"Ref": ..., ...})``,
+  ``insert_row``, ``delete_row``, ``sort_rows``, ``tag_row``,
   ``sheets.record("Equipment", "EX-101")``, ``sheets.rows("Bookings")``, and faults:
   ``sheets.fail("read", 503)``, ``sheets.delay("read", 5)`` (applied late, after the delay),
   ``sheets.hang("read")`` (released at teardown), ``sheets.hang_after("write")`` (applied, answer
@@ -18,7 +26,7 @@ Inventory fixtures (equipment.py):
   STATE_DIR (a temp dir), small timeouts (EQUIPMENT_LOAD_TIMEOUT=2, SHEETS_HTTP_TIMEOUT=1,2,
   BOOKING_RETRY_BUDGET=2). Copy and edit it freely (it is a fresh dict per test).
 - ``csv_env``: env dict for the embedded CSV default: EQUIPMENT_CSV = a temp copy of
-  data/equipment.csv, STATE_DIR = a temp dir, same small timeouts. ``csv_env["EQUIPMENT_CSV"]`` is
+  data/equipment.csv, with reservations.csv and settings.csv copied beside it, STATE_DIR = a temp dir, same small timeouts. ``csv_env["EQUIPMENT_CSV"]`` is
   the file to inspect.
 - ``no_network``: makes any non-loopback connect or DNS lookup raise for the test (the three
   fixtures above already use it).
@@ -41,18 +49,22 @@ State engines (inventory/state.py):
 - ``StateDb(env)``: the state's own tables, read and changed directly with sqlite3 / psycopg (not
   through our code), for what the public API does not show (an entry's outcome, its attempts) and
   for what a crash, another version or a clock step leaves behind. SQL is written once for both
-  engines: ``{outbox}``, ``{snapshot}``, ``{status_override}`` name the tables, ``?`` the
+  engines: ``{outbox}``, ``{snapshot}``, ``{snapshot_patch}`` (``{status_override}``: schema 1) name the tables, ``?`` the
   parameters. ``StateDb(env, local=True)``: this machine's SQLite even when DATABASE_URL is set.
   ``db.write_lock()`` holds the outbox's write lock (SQLite: the database's) until ``release()``.
 
 Stores: ``source`` is parametrized over the Google Sheet (stand-in) and the embedded CSV and gives
 a ``Source`` (``.env``, ``.inventory()``, ``.record(id)``, ``.log()``, ``.set_status(id, s)``,
-``.stored(text)``), built from the ``sheet_env`` / ``csv_env`` visible to the test (so a module
+``.stored(text)``; reservations: ``.reservations()``, ``.booking(ref)`` (the one row carrying a Ref),
+``.refs_of(id)``, ``.add_reservation(ref, id, start, end)`` (a walk-in typed by staff),
+``.set_reservation(ref, column, value)``), built from the ``sheet_env`` / ``csv_env`` visible to the test (so a module
 that overrides those to merge ``engine_env`` gets both stores on both engines).
 ``await loaded(inv)``: the snapshot, once the load's thread (which may replay) has finished;
 ``await wait_until(pred)``: polls a condition (no fixed sleeps).
 
-Sample data helpers: ``equipment_rows()`` (header + rows of data/equipment.csv).
+Sample data helpers: ``equipment_rows()`` (header + rows of data/equipment.csv), ``csv_rows(path)``,
+``old_sheet_rows()`` (the same units as a sheet from before the Reservations tab kept them: the
+long-term rentals of data/reservations.csv as RENTED rows with Rental Start/End and Booking Ref).
 """
 
 from __future__ import annotations
@@ -78,6 +90,8 @@ from tests.fakes.sheets_server import SheetsStandIn, install_network_guard, remo
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_CSV = ROOT / "data" / "equipment.csv"
+RESERVATIONS_CSV = ROOT / "data" / "reservations.csv"
+SETTINGS_CSV = ROOT / "data" / "settings.csv"
 
 SMALL_TIMEOUTS = {
     "EQUIPMENT_CACHE_TTL": "30",
@@ -92,6 +106,41 @@ def equipment_rows() -> list[list[str]]:
         return [list(r) for r in csv.reader(f)]
 
 
+def csv_rows(path: Path) -> list[list[str]]:
+    """A data/*.csv file as sheet rows (header first)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [list(r) for r in csv.reader(f)]
+
+
+OLD_HEADER = ["ID", "Name", "Category", "Status", "Daily Rate", "Weekly Rate", "Description", "Renter Name",
+              "Renter Phone", "Rental Start", "Rental End", "Booking Ref", "Booked At"]
+
+
+def old_sheet_rows() -> list[list[str]]:
+    """data/equipment.csv as a sheet from before the Reservations tab kept it: each long-term rental
+    of data/reservations.csv on its unit's row (Status RENTED, Rental Start/End, Renter, Booking Ref)."""
+    header, *rows = equipment_rows()
+    col = {h: i for i, h in enumerate(header)}
+    res_header, *res_rows = csv_rows(RESERVATIONS_CSV)
+    rc = {h: i for i, h in enumerate(res_header)}
+    out_by_unit = {r[rc["Equipment ID"]]: r for r in res_rows}
+    out = [list(OLD_HEADER)]
+    for r in rows:
+        rented = out_by_unit.get(r[0])
+        cells = [r[0], r[1], r[col["Category"]], "RENTED" if rented else r[col["Status"]], r[col["Daily Rate"]],
+                 r[col["Weekly Rate"]], r[col["Description"]]]
+        if rented:
+            cells += [rented[rc["Renter Name"]], rented[rc["Renter Phone"]], rented[rc["Start"]], rented[rc["End"]],
+                      rented[rc["Ref"]], rented[rc["Created At"]]]
+        out.append(cells)
+    return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "old_sheet: the `sheets` fixture starts with the Equipment tab only "
+                                       "(no Reservations, no Settings), as a sheet from before those tabs")
+
+
 @pytest.fixture
 def no_network() -> Iterator[None]:
     install_network_guard()
@@ -102,9 +151,12 @@ def no_network() -> Iterator[None]:
 
 
 @pytest.fixture
-def sheets(no_network: None) -> Iterator[SheetsStandIn]:
+def sheets(no_network: None, request: pytest.FixtureRequest) -> Iterator[SheetsStandIn]:
     standin = SheetsStandIn().start()
     standin.set_rows("Equipment", equipment_rows())
+    if request.node.get_closest_marker("old_sheet") is None:
+        standin.set_rows("Reservations", csv_rows(RESERVATIONS_CSV))
+        standin.set_rows("Settings", csv_rows(SETTINGS_CSV))
     try:
         yield standin
     finally:
@@ -128,6 +180,9 @@ def sheet_env(sheets: SheetsStandIn, tmp_path: Path) -> dict[str, str]:
 def csv_env(tmp_path: Path, no_network: None) -> dict[str, str]:
     data = tmp_path / "equipment.csv"
     shutil.copyfile(DATA_CSV, data)
+    # the embedded default is three files side by side, as a fresh clone has them
+    shutil.copyfile(ROOT / "data" / "reservations.csv", tmp_path / "reservations.csv")
+    shutil.copyfile(ROOT / "data" / "settings.csv", tmp_path / "settings.csv")
     return {"EQUIPMENT_CSV": str(data), "STATE_DIR": str(tmp_path / "state-csv"), **SMALL_TIMEOUTS}
 
 
@@ -215,7 +270,7 @@ def child_result(proc: subprocess.Popen, timeout: float = 60) -> dict[str, Any]:
 class StateDb:
     """The state engine configured by `env` (DATABASE_URL or STATE_DIR/state.db), opened directly."""
 
-    TABLES = ("outbox", "snapshot", "status_override")
+    TABLES = ("outbox", "snapshot", "snapshot_patch", "status_override")  # (status_override: schema 1 only)
 
     def __init__(self, env: dict[str, str], local: bool = False):
         self.url = "" if local else env.get("DATABASE_URL", "")
@@ -335,6 +390,58 @@ class Source:
     def stored(self, text: str) -> str:
         """Caller text as the source keeps it: RAW in the sheet, neutralised in a CSV."""
         return text if self.sheet is not None else "'" + text
+
+    # -- reservations (the Reservations tab, or reservations.csv beside EQUIPMENT_CSV) ---------
+    @property
+    def reservations_csv(self) -> Path:
+        return Path(self.env["EQUIPMENT_CSV"]).with_name("reservations.csv")
+
+    def reservations(self) -> list[dict[str, str]]:
+        """Every reservation row as stored (cancelled ones too), in the store's order."""
+        if self.sheet is not None:
+            return self.sheet.records("Reservations")
+        if not self.reservations_csv.exists():
+            return []
+        with open(self.reservations_csv, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def booking(self, ref: str) -> dict[str, str] | None:
+        """The one reservation row carrying `ref` (None: none; two rows for one ref fail here)."""
+        rows = [r for r in self.reservations() if r.get("Ref") == ref]
+        assert len(rows) <= 1, f"{len(rows)} reservation rows for {ref}: {rows}"
+        return rows[0] if rows else None
+
+    def refs_of(self, equipment_id: str, blocking: bool = False) -> list[str]:
+        """Refs of the unit's reservation rows (only those not cancelled, with blocking=True)."""
+        return [r["Ref"] for r in self.reservations() if r.get("Equipment ID") == equipment_id
+                and not (blocking and r.get("Status", "").upper() == "CANCELLED")]
+
+    def add_reservation(self, ref: str, equipment_id: str, start: str, end: str, name: str = "Walk In",
+                        number: str = "555 000 1111", status: str = "CONFIRMED", **more: str) -> None:
+        """Staff typing a reservation (a walk-in) by hand under the last one."""
+        cells = {"Ref": ref, "Equipment ID": equipment_id, "Start": start, "End": end, "Renter Name": name,
+                 "Renter Phone": number, "Status": status, **more}
+        if self.sheet is not None:
+            self.sheet.append_row("Reservations", cells)
+            return
+        with open(self.reservations_csv, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f))
+        with open(self.reservations_csv, "a", newline="", encoding="utf-8") as f:
+            csv.writer(f, lineterminator="\n").writerow([cells.get(h, "") for h in header])
+
+    def set_reservation(self, ref: str, column: str, value: str) -> None:
+        """Staff changing a reservation's cell by hand (e.g. Status CANCELLED)."""
+        if self.sheet is not None:
+            self.sheet.set_cell("Reservations", ref, column, value)  # Ref is its first column
+            return
+        with open(self.reservations_csv, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        col, ref_col = rows[0].index(column), rows[0].index("Ref")
+        hits = [r for r in rows[1:] if r[ref_col] == ref]
+        assert len(hits) == 1, ref
+        hits[0][col] = value
+        with open(self.reservations_csv, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
 
 
 @pytest.fixture(params=["sheet", "csv"])

@@ -180,3 +180,16 @@ def test_a_reservation_row_and_an_old_sheet_row() -> None:
 def test_the_compact_form_round_trips() -> None:
     r = Reservation("R1", "EX-1", START, START, "OUT", "Dana", "+15551234567", "100.00", "50", "t", "c", "n")
     assert Reservation.from_list(r.to_list()) == r
+
+
+def test_a_stored_reservation_this_version_cannot_read_is_left_out_of_look_ups_not_fatal():
+    import json
+
+    from inventory.reservations import busy_of
+    from inventory.snapshot import Snapshot
+    good = Reservation("R1", "EX-1", START, START + timedelta(days=2), "CONFIRMED", "Dana Smith", "+15551234567")
+    other = Reservation("R2", "EX-1", START + timedelta(days=5), START + timedelta(days=6), "CONFIRMED", "Al Ng", "")
+    rows = [good.to_list(), ["R2", "EX-1", "2030-05-11", "2030-05-12", *other.to_list()[4:]]]
+    snap = Snapshot((unit(),), 0.0, "sheet", busy=busy_of([good, other]), details=json.dumps(rows))
+    assert snap.reservation("r1") == good and snap.reservation("R2") is None
+    assert not snap.free(unit(), START + timedelta(days=5), START + timedelta(days=5))  # its dates still count

@@ -5,7 +5,10 @@ until PostgreSQL answers again) against a PostgreSQL server of its own that the 
 What a crash, a full disk, another version or a clock step leaves behind is made for real: a
 SIGKILLed process, a process whose file writes fail (RLIMIT_FSIZE), old STATE_DIR files in the old
 format, rows changed directly in the database (tests/conftest.py StateDb). Nothing of ours is
-replaced by a stand-in; Google Sheets is the local stand-in (tests/fakes/sheets_server.py)."""
+replaced by a stand-in; Google Sheets is the local stand-in (tests/fakes/sheets_server.py).
+
+A booking is a row appended to the Reservations tab (one per Ref) plus a history row (Bookings):
+that is what these tests look for, never a unit's Status cell (nothing writes the Equipment tab)."""
 
 from __future__ import annotations
 
@@ -32,7 +35,10 @@ from inventory.files import Locks
 from inventory.outbox import MAX_ATTEMPTS
 from inventory.state import LockTimeout
 from inventory.table import LOG_HEADER
-from tests.conftest import ROOT, SMALL_TIMEOUTS, Source, StateDb, child_env, child_result, equipment_rows, loaded, wait_until
+from inventory.reservations import RESERVATION_HEADER
+from tests.conftest import (
+    ROOT, SMALL_TIMEOUTS, Source, StateDb, child_env, child_result, equipment_rows, loaded, old_sheet_rows, wait_until,
+)
 from tests.pg_server import PgServer
 
 TODAY = date(2030, 1, 10)
@@ -82,6 +88,26 @@ def pending_refs(env: dict[str, str]) -> list[str]:
 
 def log_refs(sheets: Any) -> list[str]:
     return [r["Booking Ref"] for r in sheets.records("Bookings")]
+
+
+def booked(sheets: Any, ref: str) -> dict[str, str] | None:
+    """The one Reservations row carrying `ref` (None: none; two rows for one ref fail here)."""
+    rows = [r for r in sheets.records("Reservations") if r.get("Ref") == ref]
+    assert len(rows) <= 1, rows
+    return rows[0] if rows else None
+
+
+def refs_of(sheets: Any, equipment_id: str) -> list[str]:
+    return [r["Ref"] for r in sheets.records("Reservations") if r.get("Equipment ID") == equipment_id]
+
+
+def free(snap: Any, equipment_id: str, start: str = START, end: str = END) -> bool:
+    return snap.free(snap.find(equipment_id), date.fromisoformat(start), date.fromisoformat(end))
+
+
+def held(snap: Any, ref: str) -> bool:
+    """The snapshot holds the dates of a booking still pending in the outbox."""
+    return any(r.ref == ref and r.status == "PENDING" for r in snap.reservations)
 
 
 # -- the old STATE_DIR files, exactly as the previous version wrote them (5858035:equipment.py) ----
@@ -221,7 +247,6 @@ async def test_torn_old_outbox_is_imported_keeping_every_complete_entry_and_late
     assert not (state_dir / legacy.OLD_OUTBOX).exists()
     assert len(list(state_dir.glob(f"{legacy.OLD_OUTBOX}.imported-*"))) == 1
     # a booking kept after the upgrade (Sheets refuses writes): in the database with the others
-    sheets.fail("write", 503)
     sheets.fail("append", 503)
     await loaded(inv)
     later = await inv.book(request("EX-103", "Dee"))
@@ -233,10 +258,10 @@ async def test_torn_old_outbox_is_imported_keeping_every_complete_entry_and_late
     sheets.clear_faults()
     assert await again.replay_outbox() == 4
     for eid, ref in (("EX-101", "KEPT22"), ("EX-201", "GLUED2"), ("EX-103", later.ref)):
-        assert sheets.record("Equipment", eid)["Booking Ref"] == ref
+        assert refs_of(sheets, eid) == [ref] and booked(sheets, ref)["Status"] == "CONFIRMED"
+    assert booked(sheets, "GLUED2")["Renter Name"] == "Cy"
     assert sorted(log_refs(sheets)) == sorted(["KEPT22", "CB2222", "GLUED2", later.ref])
-    assert sheets.record("Equipment", "SS-101")["Status"] == "AVAILABLE"  # the torn ones: never half-written
-    assert sheets.record("Equipment", "LF-101")["Status"] == "AVAILABLE"
+    assert refs_of(sheets, "SS-101") == [] and refs_of(sheets, "LF-101") == []  # the torn ones: never half-written
     assert await equipment.inventory_from_env(sheet_env).replay_outbox() == 0
     assert len(log_refs(sheets)) == 4
 
@@ -278,7 +303,7 @@ async def test_full_disk_never_reports_a_booking_recorded_that_is_not(request, e
         conn.close()
     if written is not None:
         assert written["ok"] is True and written["confirmed"] is True, written
-        assert src.record("EX-201")["Booking Ref"] == written["ref"]
+        assert src.booking(written["ref"])["Equipment ID"] == "EX-201"
         assert src.log_refs() == [written["ref"]]
     if engine == "sqlite":
         assert out["ok"] is False and "not_recorded" in out, out
@@ -290,7 +315,7 @@ async def test_full_disk_never_reports_a_booking_recorded_that_is_not(request, e
     else:
         assert out["ok"] is True and out["confirmed"] is False, out
         assert pending_refs(env) == [before.ref, out["ref"]]
-    assert src.record("EX-103")["Status"] == "AVAILABLE"
+    assert src.refs_of("EX-103") == []
     assert src.log_refs() == ([written["ref"]] if written else [])
     # the earlier entry is intact, and written once the store is back
     entry = next(e for e in db.outbox() if e["ref"] == before.ref)
@@ -300,9 +325,8 @@ async def test_full_disk_never_reports_a_booking_recorded_that_is_not(request, e
         sheets.clear_faults()
     waiting = len(pending_refs(env))
     assert await equipment.inventory_from_env(env).replay_outbox() == waiting
-    assert src.record("EX-101")["Booking Ref"] == before.ref
-    if engine == "postgres":
-        assert src.record("EX-103")["Booking Ref"] == out["ref"]
+    assert src.refs_of("EX-101") == [before.ref]
+    assert src.refs_of("EX-103") == ([out["ref"]] if engine == "postgres" else [])
     assert pending_refs(env) == []
     assert sorted(src.log_refs()) == sorted([before.ref] + [b["ref"] for b in (written, out) if b and b["ok"]])
 
@@ -324,14 +348,14 @@ async def test_late_bookings_append_leaves_exactly_one_row(sheets, sheet_env, wh
     env = dict(sheet_env, SHEETS_HTTP_TIMEOUT="1,1", BOOKING_RETRY_BUDGET="3")
     inv = equipment.inventory_from_env(env)
     await loaded(inv)
-    if late == "lands":
-        sheets.delay("append", 3.0, times=1)  # applied 3 s after it arrived; the client waits 1 s
+    if late == "lands":  # (the history append: a booking's reservation row goes first, and answers)
+        sheets.delay("append", 3.0, times=1, when="Bookings")  # applied 3 s after it arrived; the client waits 1 s
     else:
-        sheets.reset("append", times=1)  # the connection drops: no answer, never applied
+        sheets.reset("append", times=1, when="Bookings")  # the connection drops: no answer, never applied
     if what == "booking":
         b = await inv.book(request("EX-103"))
         ref = b.ref
-        assert b.confirmed and sheets.record("Equipment", "EX-103")["Booking Ref"] == ref
+        assert b.confirmed and refs_of(sheets, "EX-103") == [ref]
     else:
         ref = await inv.record_callback(equipment.parse_callback("Ann", PHONE, "call me back", "c1"))
     assert log_refs(sheets) == []  # the late one has not landed yet
@@ -352,6 +376,8 @@ async def test_late_bookings_append_leaves_exactly_one_row(sheets, sheet_env, wh
     assert log_refs(sheets) == [ref]  # exactly one, whichever way the first one went
     assert sheets.counts["append"] == appends + (1 if late == "lost" else 0)
     assert await equipment.inventory_from_env(env).replay_outbox() == 0 and log_refs(sheets) == [ref]
+    if what == "booking":  # and its reservation row was never sent again
+        assert refs_of(sheets, "EX-103") == [ref]
     expected = {"booking": "already", "callback": "written"}[what]
     assert db.outcomes() == {ref: expected}
 
@@ -363,30 +389,56 @@ async def test_late_bookings_append_leaves_exactly_one_row(sheets, sheet_env, wh
 def _bad_snapshot(db: StateDb, inv: equipment.CachedInventory, bad: str) -> None:
     now = time.time()
     stored = inv.state.snapshot(inv.store.origin)
-    units = stored.units
+    data = stored.data
+    units = data["units"]
+
+    def put(value: Any) -> None:
+        db.query("UPDATE {snapshot} SET data = ?", (value if isinstance(value, str) else json.dumps(value),))
+
     if bad == "read_at_in_the_future":  # written before the clock stepped back a day
-        inv.state.save_snapshot(inv.store.origin, units, now + 86400, now + 86400)
+        inv.state.save_snapshot(inv.store.origin, data, now + 86400, now + 86400)
     elif bad == "read_at_not_a_number":  # (PostgreSQL's column only takes numbers: NaN)
         db.query("UPDATE {snapshot} SET read_at = ?", ("soon",) if db.engine == "sqlite" else (float("nan"),))
     elif bad == "units_not_a_list":
-        db.query("UPDATE {snapshot} SET units = ?", (json.dumps({u["id"]: u["status"] for u in units}),))
-    elif bad == "units_not_json":
-        db.query("UPDATE {snapshot} SET units = ?", ("[{'id': 'EX-101'",))
+        put({**data, "units": {u["id"]: u["status"] for u in units}})
+    elif bad == "data_not_json":
+        put("{'v': 2, 'units': [{'id': 'EX-101'")
+    elif bad == "data_not_an_object":  # the previous version kept the list of units alone
+        put(units)
     elif bad == "unit_name_not_text":
-        db.query("UPDATE {snapshot} SET units = ?", (json.dumps([{**u, "name": 7} for u in units]),))
+        put({**data, "units": [{**u, "name": 7} for u in units]})
     elif bad == "rates_as_text":  # another version writing "325" for 325.0
-        db.query("UPDATE {snapshot} SET units = ?",
-                 (json.dumps([{**u, "daily_rate": str(u["daily_rate"])} for u in units]),))
+        put({**data, "units": [{**u, "daily_rate": str(u["daily_rate"])} for u in units]})
+    elif bad == "reservation_dates_as_text":  # another version writing ISO dates for day numbers
+        rows = data["reservations"]  # (a list, or the same list as JSON text)
+        listed = json.loads(rows) if isinstance(rows, str) else rows
+        as_text = [[r[0], r[1], "2026-01-05", "2030-12-31", *r[4:]] for r in listed]
+        put({**data, "reservations": json.dumps(as_text) if isinstance(rows, str) else as_text})
+    elif bad == "busy_dates_as_text":  # the same, in the by-unit index of what is taken when (if kept)
+        if "busy" in data:
+            put({**data, "busy": {k: [["2026-01-05", "2030-12-31", *e[2:]] for e in v]
+                                  for k, v in data["busy"].items()}})
+        else:
+            put({**data, "reservations": [[r[0], r[1], str(r[2]), str(r[3]), *r[4:]] for r in data["reservations"]]})
+    elif bad == "another_format":
+        put({**data, "v": 99})
+    elif bad == "policy_missing":
+        put({k: v for k, v in data.items() if k != "policy"})
     else:
         raise AssertionError(bad)
 
 
-@pytest.mark.parametrize("bad", ["read_at_in_the_future", "read_at_not_a_number", "units_not_a_list",
-                                 "units_not_json", "unit_name_not_text", "rates_as_text"])
+@pytest.mark.parametrize("bad", [
+    "read_at_in_the_future", "read_at_not_a_number", "units_not_a_list", "data_not_json", "data_not_an_object",
+    "unit_name_not_text", "rates_as_text", "busy_dates_as_text", "another_format", "policy_missing",
+    "reservation_dates_as_text",
+])
 async def test_bad_stored_snapshot_costs_one_refresh_never_a_stuck_unknown(sheets, sheet_env, bad):
     inv = equipment.inventory_from_env(sheet_env)
     await loaded(inv)
     sheets.set_cell("Equipment", "EX-103", "Status", "MAINTENANCE")  # the sheet changed since
+    sheets.append_row("Reservations", {"Ref": "NEW001", "Equipment ID": "EX-101", "Start": START, "End": END,
+                                       "Status": "CONFIRMED"})
     _bad_snapshot(StateDb(sheet_env), inv, bad)
     reads = sheets.counts["read"]
     call = equipment.inventory_from_env(sheet_env)  # the next call
@@ -398,7 +450,9 @@ async def test_bad_stored_snapshot_costs_one_refresh_never_a_stuck_unknown(sheet
     for _ in range(3):  # and then served from the state again, within the TTL: no more reads
         snap = await loaded(equipment.inventory_from_env(sheet_env))
         assert snap.known and snap.find("EX-103").status == "MAINTENANCE" and 0 <= snap.age < 10
+        assert not free(snap, "EX-101") and not free(snap, "EX-102") and snap.reservation("NEW001") is not None
         assert all(prompts.money(u.daily_rate) and prompts.money(u.weekly_rate) for u in snap.units)
+        assert snap.policy.tax_rate == 8.25
     assert sheets.counts["read"] == reads + 1
 
 
@@ -406,13 +460,23 @@ async def test_bad_stored_snapshot_costs_one_refresh_never_a_stuck_unknown(sheet
 # the old STATE_DIR files, imported once
 
 
+@pytest.mark.old_sheet
 async def test_old_state_dir_files_are_imported_once_and_their_pending_entries_replayed(sheets, sheet_env):
+    """An upgrade from the version that wrote units' rows: its sheet (no Reservations tab, rentals
+    on the units' rows) and its STATE_DIR files. Nothing pending is lost: replayed once, as a row of
+    a Reservations tab the replay creates; the units' rows are never written again."""
     state_dir = Path(sheet_env["STATE_DIR"])
     state_dir.mkdir(parents=True)
     origin = f"sheet:{sheets.spreadsheet_id}:Equipment"
     # the old worker had written EX-103 (DONE22, settled) and kept AAAAA2 for EX-101 (held: PENDING)
-    for col, val in (("Status", "RENTED"), ("Booking Ref", "DONE22"), ("Renter Name", "Old")):
-        sheets.set_cell("Equipment", "EX-103", col, val)
+    old = old_sheet_rows()
+    col = {h: i for i, h in enumerate(old[0])}
+    ex103 = next(r for r in old if r[0] == "EX-103")
+    ex103 += [""] * (len(old[0]) - len(ex103))
+    for name, val in (("Status", "RENTED"), ("Booking Ref", "DONE22"), ("Renter Name", "Old"),
+                      ("Rental Start", "2031-02-02"), ("Rental End", "2031-02-05")):
+        ex103[col[name]] = val
+    sheets.set_rows("Equipment", old)
     (state_dir / legacy.OLD_SNAPSHOT).write_text(json.dumps(old_snapshot(
         origin, time.time() - 5, {"EX-101": "PENDING", "EX-103": "RENTED"})), encoding="utf-8")
     lines = [old_book("AAAAA2", "EX-101"), old_attempt("AAAAA2", 1), old_book("DONE22", "EX-103", "Old"),
@@ -431,21 +495,107 @@ async def test_old_state_dir_files_are_imported_once_and_their_pending_entries_r
     db = StateDb(sheet_env)
     assert [(e["ref"], e["kind"], e["attempts"], e["outcome"]) for e in db.outbox()] == [
         ("AAAAA2", "book", 2, None), ("CB2345", "callback", 0, None), ("LOG234", "log", 0, None)]
-    # the old snapshot serves at once, without a read; the hold now comes from the outbox
+    # the old snapshot serves at once, without a read; the hold now comes from the outbox, and a
+    # unit the old snapshot had RENTED (its dates were not in that file) is taken until a refresh
     snap = await invs[0].snapshot()
     assert snap.known and sheets.counts["read"] == 0 and snap.age < 30
-    assert snap.find("EX-101").status == "PENDING" and snap.find("EX-103").status == "RENTED"
+    assert held(snap, "AAAAA2") and not free(snap, "EX-101", "2031-02-03", "2031-02-04")
+    assert free(snap, "EX-101") and not free(snap, "EX-103") and not free(snap, "EX-103", "2040-01-01", "2040-01-02")
     # nothing pending lost: replayed once
     assert await invs[1].replay_outbox() == 3
-    row = sheets.record("Equipment", "EX-101")
-    assert (row["Status"], row["Booking Ref"], row["Renter Name"]) == ("RENTED", "AAAAA2", "Ann")
-    assert sheets.record("Equipment", "EX-103")["Booking Ref"] == "DONE22"  # settled before: untouched
+    assert sheets.rows("Reservations")[0] == RESERVATION_HEADER  # the tab the old sheet lacked, created
+    row = booked(sheets, "AAAAA2")
+    assert (row["Equipment ID"], row["Start"], row["End"], row["Renter Name"], row["Status"]) == (
+        "EX-101", "2031-02-02", "2031-02-05", "Ann", "CONFIRMED")
+    assert [r["Ref"] for r in sheets.records("Reservations")] == ["AAAAA2"]  # DONE22, settled before: untouched
+    assert sheets.rows("Equipment") == old  # the units' rows: read, never written
     assert [(r["Booking Ref"], r["Kind"]) for r in sheets.records("Bookings")] == [
         ("AAAAA2", "BOOKING"), ("CB2345", "CALLBACK"), ("LOG234", "BOOKING")]
     assert db.outcomes() == {"AAAAA2": "written", "CB2345": "written", "LOG234": "written"}
     later = equipment.inventory_from_env(sheet_env)  # a later start: nothing imported again
     assert await later.replay_outbox() == 0 and len(sheets.records("Bookings")) == 3
     assert len(db.outbox()) == 3
+    # and the sheet as read now: the old rows are the reservations (DONE22 on EX-103's row)
+    age = time.time() - 3600
+    later.state.save_snapshot(later.store.origin, later.state.snapshot(later.store.origin).data, age, age)
+    await loaded(later)  # stale: refreshed from the sheet
+    snap = await equipment.inventory_from_env(sheet_env).snapshot()
+    assert snap.age < 10 and snap.reservation("DONE22").legacy and snap.reservation("AAAAA2").status == "CONFIRMED"
+    assert free(snap, "EX-103") and not free(snap, "EX-103", "2031-02-03", "2031-02-03")
+    assert not free(snap, "EX-102") and free(snap, "EX-102", "2031-01-01", "2031-01-02")
+
+
+# the state's own tables as the previous version (schema 1) created them: the snapshot was the units
+# alone, with per-unit status overrides; the outbox is the same
+SCHEMA_1 = {
+    "sqlite": """
+CREATE TABLE snapshot (origin TEXT PRIMARY KEY, units TEXT NOT NULL, read_at REAL NOT NULL, read_started REAL NOT NULL);
+CREATE TABLE status_override (origin TEXT NOT NULL, unit TEXT NOT NULL, status TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (origin, unit));
+CREATE TABLE outbox (ref TEXT PRIMARY KEY, kind TEXT NOT NULL, unit TEXT NOT NULL DEFAULT '', payload TEXT NOT NULL,
+    created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, uncertain_at REAL, settled_at REAL,
+    outcome TEXT);
+CREATE INDEX outbox_pending ON outbox (settled_at, created_at);
+PRAGMA user_version=1;
+""",
+    "postgres": """
+CREATE TABLE rental_schema (version INTEGER NOT NULL);
+CREATE TABLE rental_snapshot (origin TEXT PRIMARY KEY, units TEXT NOT NULL, read_at DOUBLE PRECISION NOT NULL,
+    read_started DOUBLE PRECISION NOT NULL);
+CREATE TABLE rental_status_override (origin TEXT NOT NULL, unit TEXT NOT NULL, status TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL, PRIMARY KEY (origin, unit));
+CREATE TABLE rental_outbox (ref TEXT PRIMARY KEY, kind TEXT NOT NULL, unit TEXT NOT NULL DEFAULT '',
+    payload TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    uncertain_at DOUBLE PRECISION, settled_at DOUBLE PRECISION, outcome TEXT);
+CREATE INDEX rental_outbox_pending ON rental_outbox (created_at) WHERE settled_at IS NULL;
+INSERT INTO rental_schema (version) VALUES (1);
+""",
+}
+
+
+async def test_a_state_database_of_the_previous_version_is_upgraded_keeping_its_outbox(sheets, sheet_env):
+    """Upgrading a machine (or a shared PostgreSQL) the previous version used: its tables have the
+    old snapshot layout. The new version reads the sheet once and serves from then on (never a
+    stuck "unknown"), and what the old outbox holds is written once; the old snapshot is not
+    trusted for anything."""
+    db = StateDb(sheet_env)
+    origin = f"sheet:{sheets.spreadsheet_id}:Equipment"
+    if db.engine == "sqlite":
+        Path(sheet_env["STATE_DIR"]).mkdir(parents=True)
+        with sqlite3.connect(db.path) as conn:
+            conn.executescript(SCHEMA_1["sqlite"])
+    else:
+        for statement in SCHEMA_1["postgres"].split(";"):
+            if statement.strip():
+                db.query(statement)
+    old_units = old_snapshot(origin, time.time(), {})["units"]
+    db.query("INSERT INTO {snapshot} (origin, units, read_at, read_started) VALUES (?, ?, ?, ?)",
+             (origin, json.dumps(old_units), time.time() - 5, time.time() - 5))
+    db.query("INSERT INTO {status_override} (origin, unit, status, at) VALUES (?, ?, ?, ?)",
+             (origin, "ex-103", "RENTED", time.time()))
+    db.query("INSERT INTO {outbox} (ref, kind, unit, payload, created_at, attempts) VALUES (?, ?, ?, ?, ?, ?)",
+             ("OLDBK2", "book", "ex-201", json.dumps(old_book("OLDBK2", "EX-201")), time.time() - 60, 1))
+    db.query("INSERT INTO {outbox} (ref, kind, unit, payload, created_at, settled_at, outcome)"
+             " VALUES (?, ?, ?, ?, ?, ?, ?)", ("DONE33", "book", "ex-101", json.dumps(old_book("DONE33", "EX-101")),
+                                               time.time() - 90, time.time() - 80, "written"))
+    invs = await asyncio.gather(*(asyncio.to_thread(equipment.inventory_from_env, sheet_env) for _ in range(3)))
+    snaps = await asyncio.gather(*(loaded(inv) for inv in invs))  # three calls at once on the old tables
+    assert all(s.known and len(s.units) == 20 for s in snaps)
+    assert sheets.counts["read"] >= 1
+    # the old outbox entry was replayed by the refresh that followed the read, once
+    row = booked(sheets, "OLDBK2")
+    assert (row["Equipment ID"], row["Start"], row["End"], row["Renter Name"]) == ("EX-201", "2031-02-02",
+                                                                                   "2031-02-05", "Ann")
+    assert log_refs(sheets) == ["OLDBK2"] and booked(sheets, "DONE33") is None
+    assert db.outcomes() == {"OLDBK2": "written", "DONE33": "written"}
+    reads = sheets.counts["read"]
+    for _ in range(3):  # served from the state now, with the reservations and the policy
+        snap = await loaded(equipment.inventory_from_env(sheet_env))
+        assert snap.known and 0 <= snap.age < 10 and not free(snap, "EX-102") and free(snap, "EX-103")
+        assert snap.reservation("OLDBK2") is not None and snap.policy.tax_rate == 8.25
+    assert sheets.counts["read"] == reads
+    b = await invs[0].book(request("EX-103"))
+    assert b.confirmed and refs_of(sheets, "EX-103") == [b.ref]
 
 
 async def test_an_import_cut_short_by_a_crash_is_finished_once_by_the_next_start(sheets, sheet_env):
@@ -469,7 +619,7 @@ async def test_an_import_cut_short_by_a_crash_is_finished_once_by_the_next_start
     assert [(e["ref"], e["attempts"]) for e in StateDb(sheet_env).outbox()] == [("AAAAA2", 3), ("CB2345", 0)]
     assert not claimed.exists() and len(list(state_dir.glob(f"{legacy.OLD_OUTBOX}.imported-*"))) == 1
     assert await equipment.inventory_from_env(sheet_env).replay_outbox() == 2
-    assert sheets.record("Equipment", "EX-101")["Booking Ref"] == "AAAAA2"
+    assert refs_of(sheets, "EX-101") == ["AAAAA2"] and booked(sheets, "AAAAA2")["Start"] == "2031-02-02"
     assert sorted(log_refs(sheets)) == ["AAAAA2", "CB2345"]
 
 
@@ -499,24 +649,25 @@ async def test_damaged_outbox_rows_are_counted_then_failed_never_written_half_em
     good = inv.booker.keep(request("SS-101", "Gus"), snap.find("SS-101"), RuntimeError("outage"), ref="GOOD22")
     damaged = ["NONAME", "NOPHON", "NODATE", "NOROW1", "WHAT01", "NOJSON"]
     assert await inv.replay_outbox() == 1  # the good one, not blocked by the others
-    assert source.record("SS-101")["Booking Ref"] == good.ref
+    assert source.booking(good.ref)["Equipment ID"] == "SS-101"
     for n in range(1, MAX_ATTEMPTS):
         if n > 1:
             assert await inv.replay_outbox() == 0
         assert {e["ref"]: e["attempts"] for e in db.outbox() if e["ref"] in damaged} == {r: n for r in damaged}
-        assert (await source.inventory().snapshot()).find("EX-101").status == "PENDING"  # still held
+        assert not free(await source.inventory().snapshot(), "EX-101")  # still held (NONAME has its dates)
     assert await inv.replay_outbox() == len(damaged)  # the last attempt settles them as failed
     assert db.outcomes() == {**{r: "failed" for r in damaged}, good.ref: "written"}
     for eid in ("EX-101", "EX-103", "EX-201"):  # nothing written, half-empty or otherwise
-        row = source.record(eid)
-        assert row["Status"] == "AVAILABLE" and row["Renter Name"] == "" and row["Booking Ref"] == ""
+        assert source.refs_of(eid) == []
+    assert [r["Ref"] for r in source.reservations()] == ["LTEX10", "LTSS10", "LTLF20", "LTCO20", good.ref]
     assert [r["Booking Ref"] for r in source.log()] == [good.ref]
     loud = [r for r in caplog.records if r.levelno == logging.ERROR and "could not be written after" in r.getMessage()]
     assert sorted(r for r in damaged if any(r in x.getMessage() for x in loud)) == sorted(damaged)
     assert all(f"after {MAX_ATTEMPTS} attempts" in x.getMessage() for x in loud)
     assert PHONE not in caplog.text
     snap = await source.inventory().snapshot()
-    assert snap.find("EX-101").available and snap.find("EX-103").available  # no longer held
+    assert free(snap, "EX-101") and free(snap, "EX-103")  # no longer held
+    assert not [r for r in snap.reservations if r.status == "PENDING"]
     assert await inv.replay_outbox() == 0
 
 
@@ -550,29 +701,31 @@ async def test_postgres_down_booking_kept_on_this_machine_then_moved_and_written
     t0 = time.monotonic()
     snap = await equipment.inventory_from_env(env).snapshot()
     assert snap.known and len(snap.units) == 20 and time.monotonic() - t0 < 3  # this machine's copy
-    assert snap.find("EX-103").available
-    writes, appends = sheets.counts["write"], sheets.counts["append"]
+    assert free(snap, "EX-103")
+    writes, appends = sheets.counts["filter_write"], sheets.counts["append"]
     booking = equipment.inventory_from_env(env)
     b = await booking.book(request("EX-103"))
     assert not b.confirmed and b.equipment_id == "EX-103"  # "recorded, the shop will confirm"
     await booking.close(timeout=5)  # its replay waits for PostgreSQL (the unit locks live there)
     # not written to the sheet: without the shared unit lock two replicas could sell the unit
-    assert (sheets.counts["write"], sheets.counts["append"]) == (writes, appends)
-    assert sheets.record("Equipment", "EX-103")["Status"] == "AVAILABLE"
+    assert (sheets.counts["filter_write"], sheets.counts["append"]) == (writes, appends)
+    assert refs_of(sheets, "EX-103") == []
     local = StateDb(env, local=True)
     assert [(e["ref"], e["outcome"]) for e in local.outbox()] == [(b.ref, None)]
-    assert (await equipment.inventory_from_env(env).snapshot()).find("EX-103").status == "PENDING"
+    assert held(await equipment.inventory_from_env(env).snapshot(), b.ref)  # this machine's outbox holds it
     assert await equipment.inventory_from_env(env).replay_outbox() == 0
     own_pg.start()  # PostgreSQL answers again: the entry moves there, and one replay writes it
     again = equipment.inventory_from_env(env)
     assert await again.replay_outbox() == 1
-    row = sheets.record("Equipment", "EX-103")
-    assert (row["Status"], row["Booking Ref"], row["Renter Name"]) == ("RENTED", b.ref, "Ann")
+    row = booked(sheets, b.ref)
+    assert (row["Equipment ID"], row["Status"], row["Renter Name"], row["Start"]) == ("EX-103", "CONFIRMED", "Ann", START)
     assert log_refs(sheets) == [b.ref]
     assert local.outcomes() == {b.ref: "moved"} and StateDb(env).outcomes() == {b.ref: "written"}
     assert await again.replay_outbox() == 0 and await equipment.inventory_from_env(env).replay_outbox() == 0
     assert log_refs(sheets) == [b.ref]
-    assert (await equipment.inventory_from_env(env).snapshot()).find("EX-103").status == "RENTED"
+    snap = await equipment.inventory_from_env(env).snapshot()
+    assert snap.reservation(b.ref).status == "CONFIRMED" and not held(snap, b.ref) and not free(snap, "EX-103")
+    assert refs_of(sheets, "EX-103") == [b.ref]
 
 
 async def test_postgres_down_snapshot_is_this_machines_copy_or_the_sheet_never_empty(own_pg, sheets, down_env,
@@ -649,7 +802,7 @@ async def test_postgres_refusing_new_connections_is_an_outage_not_a_bad_entry(ow
         assert sheets.rows("Bookings") == [] and "Outbox conflict" not in caplog.text
         own_pg.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT -1").format(sql.Identifier(dbname)))
         assert await replayer.replay_outbox() == 1
-        assert sheets.record("Equipment", "EX-103")["Booking Ref"] == b.ref
+        assert refs_of(sheets, "EX-103") == [b.ref]
         assert [(r["Booking Ref"], r["Kind"]) for r in sheets.records("Bookings")] == [(b.ref, "BOOKING")]
     finally:
         own_pg.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT -1").format(sql.Identifier(dbname)))
@@ -673,10 +826,10 @@ async def test_a_broken_local_copy_never_fails_a_healthy_postgres(sheets, tmp_pa
     assert snap.known and len(snap.units) == 20
     assert "Equipment loaded successfully: 20 items" in caplog.text  # the refresh itself succeeded
     b = await equipment.inventory_from_env(env).book(request("EX-103"))
-    assert b.confirmed and sheets.record("Equipment", "EX-103")["Booking Ref"] == b.ref
+    assert b.confirmed and refs_of(sheets, "EX-103") == [b.ref]
     kept = inv.booker.keep(request("EX-201"), snap.find("EX-201"), RuntimeError("outage"), ref="KEPT04")
-    assert (await equipment.inventory_from_env(env).snapshot()).find("EX-201").status == "PENDING"
+    assert held(await equipment.inventory_from_env(env).snapshot(), kept.ref)
     assert await equipment.inventory_from_env(env).replay_outbox() == 1
-    assert sheets.record("Equipment", "EX-201")["Booking Ref"] == kept.ref
+    assert refs_of(sheets, "EX-201") == [kept.ref]
     assert StateDb(env).outcomes() == {b.ref: "written", kept.ref: "written"}
     assert "fallback state is unavailable" in caplog.text

@@ -16,8 +16,10 @@ With CHILD_FSIZE_LIMIT=N (bytes), once the inventory is built the process may no
 regular file beyond N bytes (RLIMIT_FSIZE; 0: no file write succeeds, as on a full disk). Sockets
 and pipes are not files: Sheets, PostgreSQL and this output still work.
 
-Output: snapshot -> {"known", "age", "source", "n", "statuses", "elapsed"};
-book -> {"ok": true, "ref", "confirmed", "elapsed"} or {"ok": false, "code", "alternatives", "elapsed"}
+Output: snapshot -> {"known", "age", "source", "n", "statuses", "reservations", "elapsed"} (reservations:
+[ref, equipment id, start, end, status], the outbox's pending bookings among them as PENDING);
+book -> {"ok": true, "ref", "confirmed", "elapsed"} or {"ok": false, "code", "alternatives", "next_free",
+"elapsed"}
 or, when not even the outbox could keep it, {"ok": false, "not_recorded": message, "elapsed"}.
 """
 
@@ -57,7 +59,9 @@ async def run(argv: list[str]) -> dict[str, Any]:
             out: dict[str, Any] = {
                 "known": snap.known, "age": snap.age, "source": snap.source,
                 "n": None if snap.units is None else len(snap.units),
-                "statuses": None if snap.units is None else {u.id: u.status for u in snap.units}}
+                "statuses": None if snap.units is None else {u.id: u.status for u in snap.units},
+                "reservations": [[r.ref, r.equipment_id, r.start.isoformat(), r.end.isoformat(), r.status]
+                                 for r in snap.reservations]}
         elif command == "book" and len(argv) == 6:
             eid, name, phone, start, end = argv[1:6]
             try:
@@ -66,7 +70,8 @@ async def run(argv: list[str]) -> dict[str, Any]:
                 b = await inv.book(request)
                 out = {"ok": True, "ref": b.ref, "confirmed": b.confirmed}
             except equipment.BookingRefused as e:
-                out = {"ok": False, "code": e.code.value, "alternatives": [u.id for u in e.alternatives]}
+                out = {"ok": False, "code": e.code.value, "alternatives": [u.id for u in e.alternatives],
+                       "next_free": e.next_free.isoformat() if e.next_free else None}
             except equipment.BookingNotRecorded as e:
                 out = {"ok": False, "not_recorded": str(e)}
         else:
