@@ -5,10 +5,11 @@
     python agent.py console         talk to the agent in the terminal (no LiveKit server needed)
     python agent.py console --text  type to it instead (no microphone, no PortAudio, no Deepgram key)
     python agent.py check           preflight checks (preflight.py)
+    python agent.py inventory ...   the inventory from a shell: list, quote, book, cancel, replay (inventory_cli.py)
 
 Configuration comes from the environment (and `.env`, loaded before anything else when run as a
 script). Bad configuration is named in one message and exits with status 2 before the worker
-starts; a worker that cannot register with LiveKit exits with status 3 (worker_health.py): the
+starts; a worker that cannot register with LiveKit exits with status 3 (worker.py): the
 framework itself would exit 0 in both cases.
 
 The life of a call (`run_call`): the inventory snapshot starts loading at once, concurrently with
@@ -35,13 +36,11 @@ import asyncio
 import functools
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
-import typer
 from dotenv import load_dotenv
-from livekit.agents import Agent, AgentSession, JobContext, RunContext, ToolError, function_tool
+from livekit.agents import AgentSession, JobContext
 from livekit.agents.voice import SpeechHandle
 
 import equipment
@@ -49,180 +48,14 @@ import logs
 import prompts
 import settings as config
 import voice
-from booking_desk import Booked, BookingDesk, NotBooked, Refused, Saved, SavingSlowly, StillWriting
+import worker
+from booking_desk import BookingDesk
 from call_control import CallControl, CallState, sip_caller
+from rental_agent import RentalAgent
 from phone import mask
 from settings import Settings
-from worker_health import TruthfulServer
 
 logger = logging.getLogger("rental-agent")
-
-
-class RentalAgent(Agent):
-    """The shop's phone agent. Tool docstrings are the model's contract; the rules live in the
-    tools and the inventory, so a caller talking the model round changes nothing."""
-
-    def __init__(self, *, settings: Settings, inventory: equipment.Inventory, call: CallState, desk: BookingDesk,
-                 control: CallControl, first_snapshot: asyncio.Task[equipment.Snapshot] | None = None) -> None:
-        self.settings = settings
-        self.inventory = inventory
-        self.call = call
-        self.desk = desk
-        self.control = control
-        self._first_snapshot = first_snapshot
-        super().__init__(instructions=self.build_instructions())
-
-    def build_instructions(self) -> str:
-        hint = self.call.caller_number[-4:] if len(self.call.caller_number) >= 4 else None
-        return prompts.system_prompt(self.settings.business_name, self.settings.today(), hint)
-
-    async def snapshot(self) -> equipment.Snapshot:
-        """The inventory as this call sees it: the first use awaits the load started at pickup;
-        later ones ask the inventory again (it caches, and sees our own bookings)."""
-        first = self._first_snapshot
-        try:
-            if first is not None and not first.done():
-                return await asyncio.shield(first)
-            self._first_snapshot = None
-            return await self.inventory.snapshot()
-        except Exception as e:
-            logger.error(f"❌ Inventory snapshot failed: {e!r}"[:300])
-            return equipment.Snapshot(units=None, age=None, source="error")
-
-    async def _known_snapshot(self) -> equipment.Snapshot:
-        snap = await self.snapshot()
-        if not snap.known:
-            logger.warning("⚠️ Inventory unknown: told the caller we can't check right now")
-            raise ToolError(prompts.INVENTORY_UNKNOWN)
-        return snap
-
-    def _contact(self, contact_number: str | None) -> str:
-        number = (contact_number or "").strip() or self.call.caller_number
-        if not number:
-            raise ToolError(prompts.NEED_CONTACT_NUMBER)
-        return number
-
-    @function_tool()
-    async def look_up_equipment(self, context: RunContext, category: str | None = None,
-                                keyword: str | None = None) -> str:
-        """Find equipment the shop has available to rent, with day and week rates.
-
-        Use this whenever the caller asks what you have, whether something is available, or
-        what it costs. Never answer those from memory.
-
-        Args:
-            category: A category to filter by, such as "excavator" or "generator". Optional.
-            keyword: A word to search names and descriptions for, such as "mini" or "3000 watt". Optional.
-        """
-        snap = await self._known_snapshot()
-        category, keyword = (category or "").strip() or None, (keyword or "").strip() or None
-        if available := snap.search(category=category, keyword=keyword, available_only=True):
-            return prompts.available_units(available)
-        if matching := snap.search(category=category, keyword=keyword, available_only=False):
-            return prompts.nothing_available(matching, snap.categories())
-        return prompts.no_match(snap.categories())
-
-    @function_tool()
-    async def get_equipment_details(self, context: RunContext, equipment_id: str) -> str:
-        """Details of one item: name, category, rates, description and whether it is available.
-
-        Args:
-            equipment_id: The item's id as given by look_up_equipment.
-        """
-        snap = await self._known_snapshot()
-        unit = snap.find(equipment_id.strip())
-        if unit is None:
-            raise ToolError(prompts.unknown_unit(equipment_id))
-        return prompts.unit_details(unit)
-
-    @function_tool()
-    async def book_equipment(self, context: RunContext, equipment_id: str, renter_name: str, start_date: str,
-                             end_date: str, contact_number: str | None = None) -> str:
-        """Book one item for the caller. Call this ONLY after you have read the booking back to
-        the caller (item, dates, name, contact number) and they said yes.
-
-        Args:
-            equipment_id: The item's id as given by look_up_equipment.
-            renter_name: The caller's full name.
-            start_date: Pick-up date, YYYY-MM-DD.
-            end_date: Return date, YYYY-MM-DD.
-            contact_number: Best phone number to reach the caller. Leave empty to use the number they are calling from.
-        """
-        number = self._contact(contact_number)
-        if self.desk.at_cap():  # the tools' rule, not the prompt's
-            logger.warning(f"🚫 Booking of unit {equipment_id} refused: MAX_BOOKINGS_PER_CALL reached")
-            raise ToolError(prompts.booking_limit(self.settings.max_bookings_per_call))
-        # the write must not be cut short by a barge-in; a turn already interrupted books nothing
-        try:
-            context.disallow_interruptions()
-        except RuntimeError:
-            logger.info(f"🚫 Booking of unit {equipment_id} not made: the caller interrupted first")
-            raise ToolError(prompts.BOOKING_INTERRUPTED) from None
-        try:
-            request = equipment.parse_booking(equipment_id, renter_name, number, start_date, end_date,
-                                              self.call.call_id, today=self.settings.today())
-        except equipment.BookingRefused as refused:
-            raise ToolError(prompts.refusal(refused)) from None
-        match await self.desk.book(request):
-            case Booked(booking):
-                return prompts.booked(booking)
-            case Refused(refused):
-                raise ToolError(prompts.refusal(refused))
-            case StillWriting():
-                raise ToolError(prompts.BOOKING_TIMED_OUT)
-            case NotBooked(Saved(ref)):
-                raise ToolError(prompts.booking_failed_recorded(ref))
-            case NotBooked(SavingSlowly()):
-                raise ToolError(prompts.BOOKING_FAILED_RECORD_SLOW)
-            case _:
-                raise ToolError(prompts.booking_failed_not_recorded(bool(self.settings.transfer_to)))
-
-    @function_tool()
-    async def take_message(self, context: RunContext, name: str, note: str,
-                           contact_number: str | None = None) -> str:
-        """Take a message so someone from the shop calls the caller back. Use it when you cannot
-        check the inventory, cannot book, or the caller wants a person and no transfer is possible.
-
-        Args:
-            name: The caller's name.
-            note: What they need, in a sentence (item, dates, question).
-            contact_number: Best number to call back. Leave empty to use the number they are calling from.
-        """
-        try:
-            request = equipment.parse_callback(name, self._contact(contact_number), note, self.call.call_id)
-            outcome = await self.desk.take_message(request)
-        except equipment.BookingRefused as refused:
-            logger.info(f"🚫 Call-back request refused ({refused.code})")
-            raise ToolError(prompts.refusal(refused)) from None
-        match outcome:
-            case Saved(ref):
-                logger.info(f"📝 Call-back request {ref} recorded")
-                return prompts.message_saved(ref)
-            case SavingSlowly():
-                raise ToolError(prompts.MESSAGE_SLOW)
-            case _:
-                logger.error(f"❌ Could not record a call-back request: {outcome}"[:300])
-                raise ToolError(prompts.message_not_saved(bool(self.settings.transfer_to)))
-
-    @function_tool()
-    async def transfer_to_staff(self, context: RunContext) -> str:
-        """Transfer the caller to a person at the shop. Use when the caller asks for a person, or
-        when you cannot help them."""
-        if not self.settings.transfer_to:
-            logger.info("↪️ Transfer requested but TRANSFER_PHONE_NUMBER is not set: taking a message")
-            return prompts.NO_TRANSFER_LINE
-        # once the agent's short "transferring you" line has played
-        context.speech_handle.add_done_callback(
-            lambda _: self.control.spawn(self.control.transfer_then_end(), "transfer"))
-        return prompts.TRANSFERRING
-
-    @function_tool()
-    async def end_call(self, context: RunContext) -> str:
-        """End the call. Use only when the caller is done (they said goodbye or have no more
-        questions). Say a short goodbye in the same reply."""
-        logger.info("👋 Agent is ending the call")
-        self.control.hang_up_after(context.speech_handle, "agent ended call")
-        return prompts.END_CALL_SAY_GOODBYE
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,6 +116,8 @@ async def run_call(ctx: JobContext, settings: Settings, *,
         inventory = equipment.UnavailableInventory(repr(e))
     # the load runs concurrently with the connection: it never sits in front of pickup
     first_snapshot = asyncio.create_task(inventory.snapshot(), name="first_snapshot")
+    # a failed load is reported where it is used (RentalAgent.snapshot), not again at garbage collection
+    first_snapshot.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def on_shutdown(reason: str) -> None:
         logger.info(f"🔄 CALL ENDED - Cleaning up (session_started={call.session_started})")
@@ -308,8 +143,14 @@ async def run_call(ctx: JobContext, settings: Settings, *,
         ctx.shutdown(reason="room connect failed")
         return control
 
+    if is_overflow_call(ctx):
+        await answer_overflow(ctx, settings, control, first_snapshot)
+        return control
+
     try:
         pipeline = make_pipeline(settings, ctx.proc.userdata)
+        # the inventory's names as STT keyterms: loaded by now, mostly (no wait for it)
+        voice.expect_words(pipeline.session, voice.inventory_keyterms(_result(first_snapshot)))
         desk = BookingDesk(inventory, call, timeout=settings.booking_timeout,
                            max_bookings=settings.max_bookings_per_call, spawn=control.spawn)
         agent = RentalAgent(settings=settings, inventory=inventory, call=call, desk=desk, control=control,
@@ -332,7 +173,84 @@ async def run_call(ctx: JobContext, settings: Settings, *,
     logger.info("✅ Agent session started - call in progress")
     control.spawn(identify_caller(ctx, call, agent), "identify_caller")
     control.spawn(control.max_duration_timer(), "max_duration_timer")
+    if pipeline.primary_voice is not None:  # the overflow answer, rendered before it is ever needed
+        control.spawn(voice.prerender(overflow_lines(settings, pipeline.primary_voice), delay=5.0),
+                      "prerender_overflow")
     return control
+
+
+def _result(task: asyncio.Task) -> object | None:
+    """A finished task's result; None while it runs, or if it failed."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
+# --------------------------------------------------------------------------------------------
+# the overflow answer: a call taken past MAX_CONCURRENT_CALLS (worker.py)
+
+OVERFLOW_HOURS_WAIT = 1.5  # seconds the overflow answer waits for the shop's hours (the inventory)
+
+
+def is_overflow_call(ctx: JobContext) -> bool:
+    """The worker accepted this call past MAX_CONCURRENT_CALLS: it set the attribute on our
+    participant (read once connected)."""
+    try:
+        attrs = ctx.room.local_participant.attributes or {}
+    except Exception:  # noqa: BLE001 - a mock room (console) has none
+        return False
+    return attrs.get(worker.OVERFLOW_ATTRIBUTE) == "1"
+
+
+def overflow_lines(settings: Settings, engine: voice.tts.TTS) -> list[voice.GreetingAudio]:
+    """The overflow answer's three lines, cached in STATE_DIR: busy, then transfer or call back."""
+    return [voice.CachedLine(settings.inventory.state_dir, text, engine, settings.tts_provider)
+            for text in (prompts.overflow_busy(settings.business_name), prompts.OVERFLOW_TRANSFER,
+                         prompts.OVERFLOW_CALL_BACK)]
+
+
+async def shop_open(settings: Settings, first_snapshot: asyncio.Task) -> bool:
+    """Whether the shop is open now, by its hours in the inventory (bounded: unknown is closed)."""
+    try:
+        snap = await asyncio.wait_for(asyncio.shield(first_snapshot), OVERFLOW_HOURS_WAIT)
+        return bool(snap.policy.is_open(settings.now()))
+    except Exception as e:  # noqa: BLE001 - no hours, no transfer: the caller is asked to call back
+        logger.warning(f"⚠️ Shop hours unknown for the overflow answer: {e!r}"[:200])
+        return False
+
+
+async def answer_overflow(ctx: JobContext, settings: Settings, control: CallControl,
+                          first_snapshot: asyncio.Task, *, engine: voice.tts.TTS | None = None,
+                          player: voice.LinePlayer | None = None) -> None:
+    """Every line is taken: the busy line at once (pre-rendered), then a transfer to staff when
+    TRANSFER_PHONE_NUMBER is set and the shop is open, else "please call back"; then hang up.
+    No AgentSession (no STT, no LLM): a few seconds of audio, never silence or endless ringing.
+    `engine` (the voice lines are rendered with when not cached) and `player` are for tests."""
+    call = control.call
+    call.end_reason = "overflow"
+    logger.warning("📵 Overflow call: every line is taken (MAX_CONCURRENT_CALLS); playing the overflow answer")
+    deciding = asyncio.ensure_future(shop_open(settings, first_snapshot)) if settings.transfer_to else None
+    try:
+        if engine is None:
+            client = voice.openai_client(ctx.proc.userdata.get("tls"), settings.openai_url)
+            engine = voice.voices(settings, client)[0]
+        busy, transfer_line, call_back = overflow_lines(settings, engine)
+        player = player or voice.LinePlayer(ctx, "overflow")
+        await asyncio.wait_for(player.play(busy), 30.0)
+        call.session_started = True  # the caller heard us: the summary says so
+        if deciding is not None and await deciding:
+            await asyncio.wait_for(player.play(transfer_line), 30.0)
+            if await control.transfer():
+                call.end_reason = "overflow, transferred"
+                await control.hang_up("overflow, transferred")
+                return
+        await asyncio.wait_for(player.play(call_back), 30.0)
+    except Exception as e:  # noqa: BLE001 - whatever failed, the caller is not left on the line
+        logger.error(f"❌ Overflow answer failed: {e!r}"[:300])
+    finally:
+        if deciding is not None:
+            deciding.cancel()
+    await control.hang_up("overflow")
 
 
 async def entrypoint(ctx: JobContext) -> None:
@@ -342,76 +260,6 @@ async def entrypoint(ctx: JobContext) -> None:
     text_only = voice.text_console()
     await run_call(ctx, Settings.lenient(),
                    make_pipeline=voice.build_text_pipeline if text_only else voice.build_pipeline)
-
-
-# --------------------------------------------------------------------------------------------
-# the worker
-
-
-def make_server(settings: Settings, entrypoint: Callable[[JobContext], object] = entrypoint) -> TruthfulServer:
-    # The framework's default load is the machine's CPU (refuse above 70%): a busy moment on a
-    # small Railway box would turn a caller away with nobody else to answer. Count calls instead.
-    max_calls = settings.max_concurrent_calls
-    server = TruthfulServer(setup_fnc=voice.prewarm, drain_timeout=settings.drain_timeout,
-                            load_fnc=lambda s: len(s.active_jobs) / max_calls, load_threshold=1.0,
-                            register_timeout=settings.register_timeout,
-                            disconnect_timeout=settings.disconnect_timeout,
-                            startup_line=settings.describe(config.version()),
-                            startup_warnings=config.deployment_warnings(),
-                            **({"port": settings.port} if settings.port else {}),
-                            **({"num_idle_processes": settings.num_idle_processes}
-                               if settings.num_idle_processes is not None else {}))
-    server.rtc_session(entrypoint, agent_name=settings.agent_name)
-    return server
-
-
-def cli_app(server: TruthfulServer) -> typer.Typer:
-    """The framework's own command line (what `cli.run_app` runs: `_legacy._build_cli`, pinned
-    1.8.9) with `check` and `inventory` added, so `python agent.py --help` lists every command."""
-    from livekit.agents.cli import _legacy
-
-    app = _legacy._build_cli(server)
-
-    # preflight parses its own options (--timeout, --help)
-    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                                   "help_option_names": []})
-    def check(ctx: typer.Context) -> None:
-        """Check the settings, every credential (one request each) and the inventory before going live."""
-        import preflight
-
-        raise typer.Exit(int(preflight.main(list(ctx.args)) or 0))
-
-    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                                   "help_option_names": []})
-    def inventory(ctx: typer.Context) -> None:
-        """The inventory from a shell: list, book, replay (add --json for scripts)."""
-        import inventory_cli
-
-        raise typer.Exit(inventory_cli.main(list(ctx.args)))
-
-    return app
-
-
-def settle_outbox_at_shutdown(timeout: float = 10.0) -> int | None:
-    """Last chance for bookings kept in the outbox while Sheets was down (railway.json's
-    drainingSeconds leaves room for it). Bounded; never raises. Returns how many entries were
-    settled (None when it could not finish)."""
-
-    async def settle() -> int:
-        inventory = equipment.inventory_from_settings(Settings.lenient().inventory)
-        started = time.monotonic()
-        settled = await asyncio.wait_for(inventory.replay_outbox(), timeout)
-        # anything still pending (another process held the replay lock) gets the time left
-        await inventory.close(timeout=max(timeout - (time.monotonic() - started), 0.0))
-        return int(settled or 0)
-
-    try:
-        settled = asyncio.run(settle())
-    except Exception as e:
-        logger.warning(f"⚠️ Outbox not settled at shutdown: {e!r}"[:300])
-        return None
-    logger.info(f"📤 Outbox at worker exit: {settled} settled")
-    return settled
 
 
 def main(argv: list[str], entrypoint: Callable[[JobContext], object] = entrypoint) -> int:
@@ -438,15 +286,17 @@ def main(argv: list[str], entrypoint: Callable[[JobContext], object] = entrypoin
         print(f"⚠️  dev worker registering as {config.DEFAULT_AGENT_NAME!r}, the production agent name: in "
               "the production LiveKit project it takes real callers. Set LIVEKIT_AGENT_NAME to "
               f"another name (e.g. {config.DEFAULT_AGENT_NAME}-dev) and dispatch to that.", file=sys.stderr)
-    server = make_server(settings, entrypoint)
+    server = worker.make_server(settings, entrypoint)
+    import commands  # here, not at the top: a call's process never runs the command line
+
     try:
-        cli_app(server)(args=argv[1:], prog_name=Path(argv[0]).name if argv else "agent.py")
+        commands.cli_app(server)(args=argv[1:], prog_name=Path(argv[0]).name if argv else "agent.py")
         code = 0
     except SystemExit as e:  # typer ends every command with sys.exit
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         if command == "start" and not helping:
-            settle_outbox_at_shutdown()
+            worker.settle_outbox_at_shutdown()
     return server.exit_code(code)
 
 

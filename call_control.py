@@ -48,6 +48,7 @@ class CallState:
     user_turns: int = 0
     agent_turns: int = 0
     booking_refs: list[str] = field(default_factory=list)
+    verified_refs: set[str] = field(default_factory=set)  # bookings found as the caller's: they may change them
     callback_refs: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     usage: Any = None

@@ -18,7 +18,7 @@ carry it too. `RedactingFilter` rewrites each record in place before any formatt
 Where it must sit (livekit-agents 1.8.9): job processes ship their records to the worker process,
 whose log listener hands them to the root logger's *handlers* directly (``Logger.callHandlers``),
 skipping logger filters. So the filter goes on the root handlers, once the CLI has created them:
-`install()` is called by `worker_health.TruthfulServer.run` (the CLI calls it right after setting
+`install()` is called by `worker.TruthfulServer.run` (the CLI calls it right after setting
 up logging, in `dev`, `start` and `console`), and again at the top of each call's entrypoint, which
 makes it the last filter in `console` (where the job runs in the worker's own process and the job
 context adds its log fields with a handler filter of its own).

@@ -29,9 +29,11 @@ def looks_secret(raw: str) -> bool:
         return True
     if re.search(r"\s", s) or s.startswith(("/", "~", ".", "+")) or "://" in s:
         return False
-    # long, key-like tokens: letters and digits mixed, no separators a person would type
-    return len(s) >= 24 and bool(re.fullmatch(r"[A-Za-z0-9_\-+/=.]+", s)) and \
-        bool(re.search(r"[A-Za-z]", s)) and bool(re.search(r"\d", s))
+    # long, key-like tokens: one unbroken run of 20+ letters and digits, mixed (a LiveKit secret,
+    # a Deepgram key); words joined by separators ("equipment-rental-e2e-late-0") are not one
+    return len(s) >= 20 and bool(re.fullmatch(r"[A-Za-z0-9_\-+/=.]+", s)) and any(
+        len(run) >= 20 and re.search(r"[A-Za-z]", run) and re.search(r"\d", run)
+        for run in re.findall(r"[A-Za-z0-9+/=]+", s))
 
 
 def shown(raw: str, name: str = "") -> str:

@@ -1,5 +1,6 @@
-"""Every environment variable the project reads: parsing, bounds, defaults, and the one message
-that names each bad variable. Used by the worker, the inventory, `check` and the SIP setup.
+"""Every environment variable the project reads (bar the platform's own: railway.py): parsing,
+bounds, defaults, and the one message that names each bad variable. Used by the worker, the
+inventory, `check` and the SIP setup.
 
 Empty means the default, for every variable (the framework's own included: see
 `drop_empty_framework_vars`). A bad value is named with what it must be; a value that looks like
@@ -12,7 +13,6 @@ import contextlib
 import math
 import os
 import re
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -87,10 +87,17 @@ NUMBERS: dict[str, Number] = {
     "DRAIN_TIMEOUT": Number(600, 0, 3600, integer=True, seconds=True),
     "NUM_IDLE_PROCESSES": Number(None, 0, 32, integer=True),
     "MAX_CONCURRENT_CALLS": Number(10, 1, 200, integer=True),
+    # calls taken past MAX_CONCURRENT_CALLS only to play the overflow answer (busy line, then a
+    # transfer to staff or "please call back"): 0 turns them away unanswered, as before
+    "MAX_OVERFLOW_CALLS": Number(2, 0, 20, integer=True),
     "ROOM_CONNECT_TIMEOUT": Number(5.0, 0, 60, seconds=True, above=True),
     "SESSION_START_TIMEOUT": Number(10.0, 0, 120, seconds=True, above=True),
     "MAX_CALL_SECONDS": Number(900.0, 0, 7200, seconds=True, above=True),
     "USER_AWAY_SECONDS": Number(20.0, 0, 600, seconds=True, above=True),
+    # turn-taking on a phone line (voice.build_pipeline): how long after the caller stops talking
+    # the agent answers when the turn detector thinks they are done, and at most when it does not
+    "MIN_ENDPOINTING_DELAY": Number(0.3, 0, 2, seconds=True),
+    "MAX_ENDPOINTING_DELAY": Number(1.0, 0.3, 6, seconds=True),
     "BOOKING_TIMEOUT": Number(30.0, 0, 50, seconds=True, above=True),
     "MAX_BOOKINGS_PER_CALL": Number(3, 1, 20, integer=True),
     "EQUIPMENT_CACHE_TTL": Number(30.0, 0, 3600, seconds=True),
@@ -98,7 +105,7 @@ NUMBERS: dict[str, Number] = {
     "BOOKING_RETRY_BUDGET": Number(8.0, 0, 30, seconds=True),
     "DATABASE_TIMEOUT": Number(3.0, 0, 30, seconds=True, above=True),
     "NUM_CPUS": Number(None, 0, 256, above=True),
-    # health (worker_health.py): GET / answers 503 once LiveKit has been lost this long, and the
+    # health (worker.py): GET / answers 503 once LiveKit has been lost this long, and the
     # worker exits with status 3 when it has had no registration with LiveKit for REGISTER_TIMEOUT
     # (at start-up, or since it was lost), so the platform restarts it and counts a failure
     "REGISTER_TIMEOUT": Number(60.0, 1, 3600, seconds=True),
@@ -126,7 +133,9 @@ class InventorySettings:
     credentials_info: dict[str, Any] | None = field(default=None, repr=False)
     api_url: str = DEFAULT_SHEETS_API_URL
     equipment_worksheet: str = "Equipment"
-    bookings_worksheet: str = "Bookings"
+    bookings_worksheet: str = "Bookings"  # the history: every booking, change and call-back request
+    reservations_worksheet: str = "Reservations"
+    settings_worksheet: str = "Settings"
     csv_path: Path = DEFAULT_CSV
     cache_ttl: float = 30.0
     load_timeout: float = 3.0
@@ -160,10 +169,13 @@ class Settings:
     drain_timeout: int = 600
     num_idle_processes: int | None = None
     max_concurrent_calls: int = 10
+    max_overflow_calls: int = 2
     room_connect_timeout: float = 5.0
     session_start_timeout: float = 10.0
     max_call_seconds: float = 900.0
     user_away_seconds: float = 20.0
+    min_endpointing_delay: float = 0.3
+    max_endpointing_delay: float = 1.0
     booking_timeout: float = 30.0
     max_bookings_per_call: int = 3
     register_timeout: float = 60.0
@@ -184,10 +196,14 @@ class Settings:
         return parse(env, "console", check_dirs=False)[0]
 
     def today(self) -> date:
+        return self.now().date()
+
+    def now(self) -> datetime:
+        """The shop's time (SHOP_TIMEZONE, else the machine's), time-zone aware."""
         if self.shop_timezone:
             with contextlib.suppress(Exception):
-                return datetime.now(ZoneInfo(self.shop_timezone)).date()
-        return date.today()
+                return datetime.now(ZoneInfo(self.shop_timezone))
+        return datetime.now().astimezone()
 
     def describe(self, version: str = "") -> str:
         """One line for the start-up log: what this deployment runs (never a secret, never the
@@ -198,7 +214,7 @@ class Settings:
                 f"inventory={self.inventory.describe()} state={describe_state(self.inventory)} "
                 f"llm={self.llm_model}>{FALLBACK_LLM} stt=deepgram/{STT_MODEL} "
                 f"tts={'>'.join(voices)} ({', '.join(f'{v}/{VOICES[v]}' for v in voices)}) "
-                f"capacity={self.max_concurrent_calls} calls idle_processes={idle} "
+                f"capacity={self.max_concurrent_calls} calls overflow={self.max_overflow_calls} idle_processes={idle} "
                 f"transfer={'on' if self.transfer_to else 'off'}")
 
 
@@ -212,21 +228,6 @@ def describe_state(inv: InventorySettings) -> str:
     m = re.match(r"^[a-z0-9+]+://(?:[^@/]*@)?([^/?#]*)(/[^?#]*)?", url)
     where = f"{m.group(1)}{m.group(2) or ''}" if m else "(DATABASE_URL)"
     return f"postgresql {where} (fallback {local})"
-
-
-def version(env: Mapping[str, str] = os.environ) -> str:
-    """The code's version for the start-up line: "g" and the commit's short hash (as `git describe`
-    writes it; the g also keeps an all-digit hash from looking like a phone number in the logs),
-    from RAILWAY_GIT_COMMIT_SHA (set by Railway) or `git rev-parse`; "" when neither is known."""
-    sha = (env.get("RAILWAY_GIT_COMMIT_SHA") or "").strip()
-    if not re.fullmatch(r"[0-9a-fA-F]{7,40}", sha):
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
-                                 text=True, timeout=2)
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        sha = out.stdout.strip() if out.returncode == 0 else ""
-    return f"g{sha[:7].lower()}" if re.fullmatch(r"[0-9a-fA-F]{7,40}", sha) else ""
 
 
 class _Reader:
@@ -298,6 +299,11 @@ def parse(env: Mapping[str, str] = os.environ, mode: str = "start",
     if level and level.upper() not in LOG_LEVELS:
         r.error(f"LIVEKIT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {shown(level)}.")
     r.number("NUM_CPUS")
+    min_endpointing, max_endpointing = float(r.number("MIN_ENDPOINTING_DELAY")), float(r.number("MAX_ENDPOINTING_DELAY"))
+    if min_endpointing > max_endpointing:
+        r.error(f"MIN_ENDPOINTING_DELAY ({min_endpointing:g}) must not be more than MAX_ENDPOINTING_DELAY "
+                f"({max_endpointing:g}).")
+        min_endpointing = min(NUMBERS["MIN_ENDPOINTING_DELAY"].default or 0.0, max_endpointing)
 
     settings = Settings(
         agent_name=agent_name,
@@ -312,10 +318,13 @@ def parse(env: Mapping[str, str] = os.environ, mode: str = "start",
         drain_timeout=int(r.number("DRAIN_TIMEOUT")),
         num_idle_processes=r.number("NUM_IDLE_PROCESSES"),
         max_concurrent_calls=int(r.number("MAX_CONCURRENT_CALLS")),
+        max_overflow_calls=int(r.number("MAX_OVERFLOW_CALLS")),
         room_connect_timeout=float(r.number("ROOM_CONNECT_TIMEOUT")),
         session_start_timeout=float(r.number("SESSION_START_TIMEOUT")),
         max_call_seconds=float(r.number("MAX_CALL_SECONDS")),
         user_away_seconds=float(r.number("USER_AWAY_SECONDS")),
+        min_endpointing_delay=min_endpointing,
+        max_endpointing_delay=max_endpointing,
         booking_timeout=float(r.number("BOOKING_TIMEOUT")),
         max_bookings_per_call=int(r.number("MAX_BOOKINGS_PER_CALL")),
         register_timeout=float(r.number("REGISTER_TIMEOUT")),
@@ -323,20 +332,6 @@ def parse(env: Mapping[str, str] = os.environ, mode: str = "start",
         inventory=_inventory(r, check_dirs),
     )
     return settings, r.errors
-
-
-def deployment_warnings(env: Mapping[str, str] = os.environ) -> list[str]:
-    """What a deployment risks, for the start-up log: on Railway without DATABASE_URL, the state
-    (pending bookings, the snapshot) lives on one machine's disk."""
-    if not (env.get("RAILWAY_DEPLOYMENT_ID") or "").strip() or (env.get("DATABASE_URL") or "").strip():
-        return []
-    if (env.get("RAILWAY_VOLUME_MOUNT_PATH") or "").strip():
-        return ["State is on this service's volume (no DATABASE_URL): one replica only, and every redeploy "
-                "stops this worker before the next starts, so calls are not answered while it drains. "
-                "Add a Postgres service and set DATABASE_URL to redeploy without a gap."]
-    return ["State is on this deployment's own disk (no DATABASE_URL, no volume): a redeploy loses bookings "
-            "still waiting in the outbox and the warm inventory cache. Add a Postgres service and set "
-            "DATABASE_URL (or, at least, a volume)."]
 
 
 def livekit_errors(env: Mapping[str, str] = os.environ) -> list[str]:
@@ -439,10 +434,11 @@ def _inventory(r: _Reader, check_dirs: bool) -> InventorySettings:
         r.error("GOOGLE_SERVICE_ACCOUNT_JSON is set but GOOGLE_SHEET_ID is not "
                 "(without it the embedded CSV inventory is used).")
 
-    equipment_ws = r.text("EQUIPMENT_WORKSHEET", "Equipment", limit=100)
-    bookings_ws = r.text("BOOKINGS_WORKSHEET", "Bookings", limit=100)
-    if equipment_ws == bookings_ws:
-        r.error("EQUIPMENT_WORKSHEET and BOOKINGS_WORKSHEET must name different worksheets.")
+    tabs = {name: r.text(name, default, limit=100) for name, default in (
+        ("EQUIPMENT_WORKSHEET", "Equipment"), ("RESERVATIONS_WORKSHEET", "Reservations"),
+        ("SETTINGS_WORKSHEET", "Settings"), ("BOOKINGS_WORKSHEET", "Bookings"))}
+    if len(set(tabs.values())) < len(tabs):
+        r.error(f"{', '.join(tabs)} must name four different worksheets.")
 
     csv_path = Path(r.get("EQUIPMENT_CSV") or DEFAULT_CSV).expanduser()
     if not sheet_id and not csv_path.is_file():
@@ -466,8 +462,9 @@ def _inventory(r: _Reader, check_dirs: bool) -> InventorySettings:
 
     return InventorySettings(
         database_url=database_url, database_timeout=float(r.number("DATABASE_TIMEOUT")),
-        sheet_id=sheet_id, credentials_info=info, api_url=api_url, equipment_worksheet=equipment_ws,
-        bookings_worksheet=bookings_ws, csv_path=csv_path, cache_ttl=ttl, load_timeout=load_timeout,
+        sheet_id=sheet_id, credentials_info=info, api_url=api_url, equipment_worksheet=tabs["EQUIPMENT_WORKSHEET"],
+        bookings_worksheet=tabs["BOOKINGS_WORKSHEET"], reservations_worksheet=tabs["RESERVATIONS_WORKSHEET"],
+        settings_worksheet=tabs["SETTINGS_WORKSHEET"], csv_path=csv_path, cache_ttl=ttl, load_timeout=load_timeout,
         http_timeout=http_timeout, retry_budget=budget, state_dir=state_dir)
 
 

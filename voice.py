@@ -4,7 +4,9 @@ when the session itself is gone, and the typed pipeline of `console --text`."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import importlib
 import logging
 import os
 import sys
@@ -13,7 +15,7 @@ import types
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any, AsyncIterator, Callable, Coroutine, Mapping, Sequence
 
 import httpx2
 import openai as openai_sdk
@@ -26,7 +28,21 @@ from livekit.agents.voice import SpeechHandle
 # dead air at pickup (the openai plugin pulls in the whole SDK).
 from livekit.plugins import deepgram, openai, silero
 
-from settings import FALLBACK_LLM, STT_MODEL, VOICES, Settings
+# What a call still imported on its first use, with the event loop blocked (the framework names
+# them in its "event loop blocked ... importing X" warnings; e2e/README.md finding 4): the openai
+# SDK's lazily loaded resources (the LLM's and the TTS's requests), anyio (httpx's network
+# backend), the framework's tool and report modules. Imported here, they load once in the
+# forkserver (worker.PRELOAD): BENCHMARKS.md, "End to end", has the before and after.
+CALL_TIME_IMPORTS = (
+    "anyio", "anyio._backends._asyncio", "anyio.streams.memory", "anyio.streams.stapled", "jiter", "numpy.fft",
+    "openai._resource", "openai.pagination", "openai.resources.audio.speech", "openai.resources.chat.chat",
+    "openai.resources.chat.completions.completions", "openai.resources.models",
+    "livekit.agents.llm.async_toolset", "livekit.agents.voice.report",
+)
+for _name in CALL_TIME_IMPORTS:  # `import openai.x` here would rebind `openai` (the plugin) to the SDK
+    importlib.import_module(_name)
+
+from settings import FALLBACK_LLM, STT_MODEL, VOICES, Settings  # noqa: E402
 
 logger = logging.getLogger("rental-agent")
 
@@ -46,6 +62,12 @@ def prewarm(proc: JobProcess) -> None:
         logger.warning(f"⚠️ Turn detector not loaded, using VAD end-of-turn: {e!r}")
     # the CA bundle too (~20 ms, no network): loaded per client it would sit in front of pickup
     proc.userdata["tls"] = httpx2.create_ssl_context()
+    try:  # and the framework's own (deepgram's and the room API's aiohttp sessions): cached per process
+        from livekit.agents.utils import http_context
+
+        http_context._create_ssl_context()
+    except Exception as e:  # noqa: BLE001 - only a head start: the call builds it otherwise
+        logger.debug(f"framework TLS context not preloaded: {e!r}")
     logger.debug("prewarm done", extra={"elapsed": round(time.perf_counter() - started, 3)})
 
 
@@ -72,26 +94,81 @@ class Pipeline:
     primary_voice: tts.TTS | None  # the chosen voice alone: the greeting is cached from it only
 
 
+# A caller who hangs up having said nothing leaves no transcript to wait for: the framework's 2.0 s
+# (session_close_transcript_timeout) held every ended call's job, and its capacity slot, that long.
+CLOSE_TRANSCRIPT_TIMEOUT = 0.5
+# livekit-agents 1.8.9 feeds the STT silence instead of the caller for the first 3 s of agent
+# speech on an inbound SIP call ("AEC warm-up", against echo before a client's echo canceller
+# settles): a caller who starts talking as the greeting starts lost their first words (e2e: the STT
+# got 0.3 s of a 3 s question). The phone and the carrier cancel line echo; a stray echo that
+# interrupts the greeting without words is a false interruption the greeting resumes after.
+AEC_WARMUP = None
+
+
+def voices(settings: Settings, client: openai_sdk.AsyncClient) -> list[tts.TTS]:
+    """The voices, the chosen one (TTS_PROVIDER) first, then its fallback."""
+    openai_model, openai_voice = VOICES["openai"].split("/")
+    out: list[tts.TTS] = [deepgram.TTS(model=VOICES["deepgram"], base_url=f"{settings.deepgram_url}/v1/speak"),
+                          openai.TTS(model=openai_model, voice=openai_voice, client=client)]
+    if settings.tts_provider == "openai":
+        out.reverse()
+    return out
+
+
+def turn_handling(settings: Settings, detector: Any) -> dict[str, Any]:
+    """Turn-taking for a phone line (BENCHMARKS.md, "End to end"): the end-of-turn model when
+    prewarm loaded it (VAD alone otherwise), within MIN/MAX_ENDPOINTING_DELAY."""
+    return {"turn_detection": detector if detector is not None else "vad",
+            "endpointing": {"min_delay": settings.min_endpointing_delay,
+                            "max_delay": settings.max_endpointing_delay}}
+
+
 def build_pipeline(settings: Settings, userdata: Mapping[str, Any]) -> Pipeline:
     """The production pipeline. Plugins are built inside the call (a missing key fails this call,
     not the worker) and make no network request until used."""
     client = openai_client(userdata.get("tls"), settings.openai_url)
-    openai_model, openai_voice = VOICES["openai"].split("/")
-    voices: list[tts.TTS] = [deepgram.TTS(model=VOICES["deepgram"], base_url=f"{settings.deepgram_url}/v1/speak"),
-                             openai.TTS(model=openai_model, voice=openai_voice, client=client)]
-    if settings.tts_provider == "openai":
-        voices.reverse()
-    speech = tts.FallbackAdapter(voices)
-    detector = userdata.get("turn_detector")
+    speakers = voices(settings, client)
+    speech = tts.FallbackAdapter(speakers)
     session = AgentSession(
         stt=deepgram.STT(model=STT_MODEL, base_url=f"{settings.deepgram_url}/v1/listen"),
         llm=fallback_llm(settings, client),
         tts=speech,
         vad=userdata.get("vad"),
-        turn_handling={"turn_detection": detector if detector is not None else "vad"},  # type: ignore[arg-type]
+        turn_handling=turn_handling(settings, userdata.get("turn_detector")),  # type: ignore[arg-type]
         user_away_timeout=settings.user_away_seconds,
+        session_close_transcript_timeout=CLOSE_TRANSCRIPT_TIMEOUT,
+        aec_warmup_duration=AEC_WARMUP,
     )
-    return Pipeline(session, speech, voices[0])
+    return Pipeline(session, speech, speakers[0])
+
+
+# Deepgram keyterm prompting (nova-3): a bounded list, or the request is refused.
+MAX_KEYTERMS = 50
+MAX_KEYTERM_CHARS = 60
+
+
+def expect_words(session: AgentSession, keyterms: Sequence[str]) -> bool:
+    """Gives the session's Deepgram STT the words to expect, before the session starts (set
+    later, the plugin would reconnect its stream). False when there is nothing to give it."""
+    stt = getattr(session, "stt", None)  # a test double may have none
+    if not keyterms or not isinstance(stt, deepgram.STT):
+        return False
+    stt.update_options(keyterm=list(keyterms))
+    return True
+
+
+def inventory_keyterms(snapshot: Any) -> list[str]:
+    """The inventory's names (units, makes, categories) as STT keyterms, so "Kubota KX040" is not
+    heard as "cuba taca x zero forty". Empty when the inventory is not known."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for unit in getattr(snapshot, "units", None) or ():
+        for term in (getattr(unit, "name", ""), getattr(unit, "category", "")):
+            term = " ".join(str(term or "").split())[:MAX_KEYTERM_CHARS]
+            if term and term.casefold() not in seen:
+                seen.add(term.casefold())
+                out.append(term)
+    return out[:MAX_KEYTERMS]
 
 
 def fallback_llm(settings: Settings, client: openai_sdk.AsyncClient) -> llm.FallbackAdapter:
@@ -153,9 +230,10 @@ def console_audio_available(text_only: bool) -> bool:
 
 
 class GreetingAudio:
-    """The greeting rendered once per machine (a WAV in STATE_DIR) and replayed to every later
-    caller, so they hear it without waiting for a TTS first byte. The file name is a hash of the
-    text and the voice: changing BUSINESS_NAME or TTS_PROVIDER renders a new one."""
+    """A line (the greeting, the overflow answer) rendered once per machine (a WAV in STATE_DIR)
+    and replayed to every later caller, so they hear it without waiting for a TTS first byte. The
+    file name is a hash of the text and the voice: changing BUSINESS_NAME or TTS_PROVIDER renders
+    a new one."""
 
     FRAME_MS = 20
 
@@ -196,6 +274,74 @@ class GreetingAudio:
             w.writeframes(bytes(pcm))
         os.replace(tmp, self.path)
         logger.info(f"🎙️ Greeting audio rendered for later calls ({len(pcm) / (2 * channels * rate):.1f}s)")
+
+
+CachedLine = GreetingAudio
+
+
+async def prerender(lines: Sequence[GreetingAudio], delay: float = 0.0) -> int:
+    """Renders the lines not cached yet (in a call, after its pickup: the overflow answer is
+    ready before the machine is ever at capacity). Returns how many were rendered."""
+    if delay:
+        await asyncio.sleep(delay)
+    rendered = 0
+    for line in lines:
+        if not line.path.exists():
+            await line.render()
+            rendered += 1
+    return rendered
+
+
+class LinePlayer:
+    """Plays pre-rendered lines on an audio track of its own, with no AgentSession (the overflow
+    answer): published once, each line waited for until it has played out."""
+
+    def __init__(self, job: JobContext, track_name: str = "announcement") -> None:
+        self.job = job
+        self.track_name = track_name
+        self.source: rtc.AudioSource | None = None
+        self.listened = False  # the caller subscribed to the track before the first line
+
+    async def _publish(self, rate: int, channels: int, listener_timeout: float) -> rtc.AudioSource:
+        room = self.job.room
+        source = rtc.AudioSource(rate, channels)
+        track = rtc.LocalAudioTrack.create_audio_track(self.track_name, source)
+        subscribed = asyncio.get_running_loop().create_future()
+
+        def on_subscribed(t: Any) -> None:
+            if getattr(t, "sid", None) == track.sid and not subscribed.done():
+                subscribed.set_result(True)
+
+        room.on("local_track_subscribed", on_subscribed)
+        try:
+            await room.local_participant.publish_track(
+                track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+            # frames captured before the caller subscribes are lost: wait for them (bounded)
+            await asyncio.wait_for(subscribed, listener_timeout)
+            self.listened = True
+        except asyncio.TimeoutError:
+            logger.warning(f"⚠️ Nobody subscribed to the {self.track_name} track within {listener_timeout:g}s; "
+                           "playing anyway")
+        finally:
+            room.off("local_track_subscribed", on_subscribed)
+        return source
+
+    async def play(self, line: GreetingAudio, *, listener_timeout: float = 5.0) -> float:
+        """Plays `line` (rendered now if it is not cached yet); returns its seconds."""
+        frames = line.frames()
+        if not frames:
+            await line.render()
+            frames = line.frames()
+        if not frames:
+            raise RuntimeError(f"no audio for {line.text!r}")
+        if self.source is None:
+            self.source = await self._publish(frames[0].sample_rate, frames[0].num_channels, listener_timeout)
+        seconds = 0.0
+        for frame in frames:
+            await self.source.capture_frame(frame)
+            seconds += frame.samples_per_channel / frame.sample_rate
+        await self.source.wait_for_playout()
+        return seconds
 
 
 async def _replay(frames: list[rtc.AudioFrame]) -> AsyncIterator[rtc.AudioFrame]:

@@ -1,4 +1,4 @@
-"""worker_health.py: a real ``python agent.py start`` whose ``GET /`` says whether it is registered
+"""worker.py: a real ``python agent.py start`` whose ``GET /`` says whether it is registered
 with LiveKit, and whose exit status says when it gave up.
 
 The worker starts with nothing listening at LIVEKIT_URL (503), the dispatch stand-in then starts
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-import worker_health
+import worker
 from tests.fakes.dispatch_server import AgentProcess, DispatchServer, HangingListener, free_port
-from tests.test_worker import API_KEY, API_SECRET, STARTUP_TIMEOUT, base_env, http_get, tail, wait_for
+from tests.worker_proc import API_KEY, API_SECRET, STARTUP_TIMEOUT, base_env, http_get, tail, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_PY = ROOT / "agent.py"
@@ -58,7 +58,7 @@ def test_health_is_503_until_registered_200_while_registered_503_once_lost_then_
 
         rc = proc.wait(REGISTER_TIMEOUT + 30)
         log = proc.log()
-    assert rc == worker_health.GAVE_UP, tail(log)
+    assert rc == worker.GAVE_UP, tail(log)
     assert "⚠️ Lost the connection to LiveKit; reconnecting" in log
     assert "❌ Giving up: no connection to LiveKit for 20s (REGISTER_TIMEOUT)" in log, tail(log)
 
@@ -79,14 +79,14 @@ def test_unreachable_livekit_exits_non_zero_within_register_timeout(kind: str, t
             except subprocess.TimeoutExpired:
                 raise AssertionError(f"still running 60 s after start:\n{tail(proc.log())}") from None
             log = proc.log()
-    assert rc == worker_health.GAVE_UP, tail(log)
+    assert rc == worker.GAVE_UP, tail(log)
     assert time.monotonic() - started < 30
     assert "❌ Giving up: not registered with LiveKit within 4s (REGISTER_TIMEOUT)" in log, tail(log)
     if kind == "hanging":
         assert hang.accepted >= 1  # it really tried the listener that never answers
 
 
-class _Stub(worker_health.TruthfulServer):
+class _Stub(worker.TruthfulServer):
     def __init__(self) -> None:  # exit_code() only: no AgentServer behind it
         self.gave_up, self.run_error = None, None
 
@@ -95,6 +95,6 @@ def test_exit_code_turns_a_framework_give_up_into_a_failure() -> None:
     s = _Stub()
     assert s.exit_code(0) == 0 and s.exit_code(2) == 2
     s.run_error = RuntimeError("failed to connect to livekit after 16 attempts")
-    assert s.exit_code(0) == worker_health.FAILED
+    assert s.exit_code(0) == worker.FAILED
     s.gave_up = "not registered"
-    assert s.exit_code(0) == worker_health.GAVE_UP
+    assert s.exit_code(0) == worker.GAVE_UP

@@ -22,7 +22,7 @@ from livekit.agents.cli.log import ColoredFormatter, JsonFormatter
 import logs
 import phone
 from tests.fakes.dispatch_server import AgentProcess, DispatchServer, log_records, refusing_url
-from tests.test_worker import API_KEY, API_SECRET, STARTUP_TIMEOUT, base_env, tail
+from tests.worker_proc import API_KEY, API_SECRET, STARTUP_TIMEOUT, base_env, tail
 
 ROOT = Path(__file__).resolve().parents[1]
 PII_AGENT = ROOT / "tests" / "fakes" / "pii_agent.py"

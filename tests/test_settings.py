@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import railway
 import settings
 from settings import NUMBERS, Settings, config_errors
 
@@ -174,8 +175,8 @@ def test_the_start_up_line_names_the_version_state_models_and_capacity(env: dict
 
 
 def test_the_version_is_the_commit_railway_or_git_gives() -> None:
-    assert settings.version({"RAILWAY_GIT_COMMIT_SHA": "5858035ABCDEF0123456789"}) == "g5858035"
-    from_git = settings.version({})
+    assert railway.version({"RAILWAY_GIT_COMMIT_SHA": "5858035ABCDEF0123456789"}) == "g5858035"
+    from_git = railway.version({})
     assert from_git == "" or (from_git.startswith("g") and len(from_git) == 8)
 
 

@@ -54,6 +54,11 @@ to; ``worker_updates_by_conn``, ``status_of(conn)``, ``registration_of(conn)``, 
 ``wait_worker_status(conn, status, after=t)`` and ``wait_disconnected(conn=c)`` follow one worker;
 ``dispatch(..., to_conn=c)`` offers a job to that connection only, whatever it last reported (a
 probe of what a draining worker answers: LiveKit itself would not offer it one).
+``hold_registrations("/b/")``: a worker connecting under that path (``LIVEKIT_URL`` =
+``server.url + "/b"``) gets no answer to its registration until ``admit(conn)``; it is not
+registered meanwhile (``held`` lists them, ``wait_held()`` waits for one). This lets a test start a
+worker's slow process early and decide when it registers (a worker waits for that answer with no
+timeout of its own; TruthfulServer's REGISTER_TIMEOUT still counts).
 
 Authentication: the stand-in does not check signatures unless ``api_secret`` is given, but it
 refuses (HTTP 401) a connection without a token (``Authorization: Bearer ...`` or ``access_token``
@@ -296,6 +301,10 @@ class DispatchServer:
         self.rejected_connections: list[tuple[float, str]] = []  # (t, reason) for 401s
         self.disconnects: list[tuple[float, int]] = []  # (t, conn)
         self._active: dict[int, web.WebSocketResponse] = {}
+        self._paths: dict[int, str] = {}  # connection -> the request path it connected to
+        self._hold_paths: list[str] = []
+        self.held: list[tuple[int, float, str]] = []  # (conn, t, agent_name) registrations not answered yet
+        self._held_msgs: dict[int, Any] = {}
         self._conn_ids = itertools.count(1)
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -411,6 +420,7 @@ class DispatchServer:
             conn = next(self._conn_ids)
             self.connection_count += 1
             self._active[conn] = ws
+            self._paths[conn] = request.path
             self._cond.notify_all()
         try:
             async for raw in ws:
@@ -426,6 +436,26 @@ class DispatchServer:
                 self._cond.notify_all()
         return ws
 
+    def _register(self, conn: int, t: float, msg: agent_pb.WorkerMessage) -> agent_pb.ServerMessage:
+        """Records the registration (call with self._cond held) and returns the answer to send."""
+        worker_id = f"{self._worker_id_prefix}{uuid.uuid4().hex[:12]}"
+        self.registrations.append(
+            Registration(
+                t=t,
+                conn=conn,
+                worker_id=worker_id,
+                agent_name=msg.register.agent_name,
+                version=msg.register.version,
+                job_type=agent_pb.JobType.Name(msg.register.type),
+            )
+        )
+        reply = agent_pb.ServerMessage()
+        reply.register.worker_id = worker_id
+        reply.register.server_info.CopyFrom(
+            models.ServerInfo(version="fake-1.0", protocol=16, region="local")
+        )
+        return reply
+
     async def _send(self, conn: int, ws: web.WebSocketResponse, msg: agent_pb.ServerMessage) -> None:
         with self._cond:
             self._record(conn, "out", msg)
@@ -438,23 +468,11 @@ class DispatchServer:
         with self._cond:
             rec = self._record(conn, "in", msg)
             kind = rec.kind
-            if kind == "register":
-                worker_id = f"{self._worker_id_prefix}{uuid.uuid4().hex[:12]}"
-                self.registrations.append(
-                    Registration(
-                        t=rec.t,
-                        conn=conn,
-                        worker_id=worker_id,
-                        agent_name=msg.register.agent_name,
-                        version=msg.register.version,
-                        job_type=agent_pb.JobType.Name(msg.register.type),
-                    )
-                )
-                reply = agent_pb.ServerMessage()
-                reply.register.worker_id = worker_id
-                reply.register.server_info.CopyFrom(
-                    models.ServerInfo(version="fake-1.0", protocol=16, region="local")
-                )
+            if kind == "register" and any(self._paths.get(conn, "").startswith(p) for p in self._hold_paths):
+                self.held.append((conn, rec.t, msg.register.agent_name))
+                self._held_msgs[conn] = msg
+            elif kind == "register":
+                reply = self._register(conn, rec.t, msg)
             elif kind == "availability":
                 a = msg.availability
                 job = self.jobs.get(a.job_id)
@@ -599,6 +617,38 @@ class DispatchServer:
             )
         with self._cond:
             return self.registrations[-1]
+
+    def hold_registrations(self, path_prefix: str) -> None:
+        """Workers connecting under ``path_prefix`` (e.g. "/b/") wait for ``admit`` to register."""
+        with self._cond:
+            self._hold_paths.append(path_prefix)
+
+    def wait_held(self, timeout: float = 30.0) -> int:
+        """Block until a registration is held; return its connection (the first not admitted)."""
+        def waiting() -> list[int]:
+            return [c for c, _, _ in self.held if c in self._held_msgs and c in self._active]
+
+        if not self._wait(waiting, timeout):
+            raise TimeoutError(f"no registration held within {timeout}s (connections={self.connection_count})")
+        with self._cond:
+            return waiting()[0]
+
+    def admit(self, conn: int) -> Registration:
+        """Answers the held registration of ``conn`` now: from here the worker is registered."""
+
+        async def _go() -> Registration:
+            with self._cond:
+                msg = self._held_msgs.pop(conn)
+                ws = self._active.get(conn)
+                if ws is None:
+                    raise DispatchError(f"connection {conn} closed while its registration was held")
+                reply = self._register(conn, time.monotonic(), msg)
+                reg = self.registrations[-1]
+                self._cond.notify_all()
+            await self._send(conn, ws, reply)
+            return reg
+
+        return self._call(_go(), 10)
 
     def is_open(self, conn: int) -> bool:
         """Whether worker connection ``conn`` is open right now."""
