@@ -34,3 +34,14 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache
+
+# End-to-end tier (e2e/, tests/e2e/): a real livekit-server and livekit-sip (pinned, built once
+# from the Go module proxy into ~/.cache/rental-e2e), redis-server, sipp and the real worker, in a
+# network namespace of their own. E2E_CALLS sets the calls per scenario; E2E_ARGS goes to pytest.
+.PHONY: e2e-tools test-e2e
+
+e2e-tools:
+	bash e2e/build-tools.sh
+
+test-e2e: setup
+	PY=$(PY) bash e2e/run-tests.sh $(E2E_ARGS)
