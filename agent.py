@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from dotenv import load_dotenv
-from livekit.agents import AgentSession, JobContext
+from livekit.agents import AgentSession, JobContext, JobProcess
 from livekit.agents.voice import SpeechHandle
 
 import equipment
@@ -96,6 +96,26 @@ async def start_call(session: AgentSession, agent: RentalAgent, *, room: object 
                               agent.control.spawn)
 
 
+def prewarm(proc: JobProcess) -> None:
+    """Each call's process, before its call: the models (voice.prewarm), then the inventory with
+    the stored snapshot parsed, so that at pickup it reads only what changed since (BENCHMARKS.md,
+    "Shared state"). Blocking, bounded by DATABASE_TIMEOUT; nothing here fails the process."""
+    voice.prewarm(proc)
+    try:
+        inventory = equipment.inventory_from_settings(Settings.lenient().inventory)
+    except Exception as e:  # noqa: BLE001 - the call builds it again, and says what is wrong
+        logger.debug(f"inventory not prepared ahead of the call: {e!r}"[:300])
+        return
+    inventory.warm()
+    proc.userdata["inventory"] = inventory
+
+
+def _inventory(ctx: JobContext, settings: Settings) -> equipment.Inventory:
+    """The one prepared in prewarm when it is there (a process serves one call), else a new one."""
+    prepared = ctx.proc.userdata.get("inventory")
+    return prepared or equipment.inventory_from_settings(settings.inventory)
+
+
 def _failure(e: BaseException, timeout: float, setting: str) -> str:
     if isinstance(e, asyncio.TimeoutError):
         return f"timed out after {timeout:g}s ({setting})"
@@ -110,7 +130,7 @@ async def run_call(ctx: JobContext, settings: Settings, *,
     control = CallControl(settings, call, ctx)
     logger.info("📞 INCOMING CALL - Entrypoint triggered")
     try:
-        inventory = (make_inventory or functools.partial(equipment.inventory_from_settings, settings.inventory))()
+        inventory = (make_inventory or functools.partial(_inventory, ctx, settings))()
     except Exception as e:
         logger.error(f"❌ Inventory could not be set up: {e!r}"[:300])
         inventory = equipment.UnavailableInventory(repr(e))
@@ -286,7 +306,7 @@ def main(argv: list[str], entrypoint: Callable[[JobContext], object] = entrypoin
         print(f"⚠️  dev worker registering as {config.DEFAULT_AGENT_NAME!r}, the production agent name: in "
               "the production LiveKit project it takes real callers. Set LIVEKIT_AGENT_NAME to "
               f"another name (e.g. {config.DEFAULT_AGENT_NAME}-dev) and dispatch to that.", file=sys.stderr)
-    server = worker.make_server(settings, entrypoint)
+    server = worker.make_server(settings, entrypoint, prewarm)
     import commands  # here, not at the top: a call's process never runs the command line
 
     try:

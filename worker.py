@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, ContextManager, Iterator, Sequence
 
 from livekit import api
-from livekit.agents import AgentServer, JobContext, JobRequest
+from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest
 
 import equipment
 import logs
@@ -374,12 +374,13 @@ class Redispatch:
 # the server, its command line, its last act
 
 
-def make_server(settings: Settings, entrypoint: Callable[[JobContext], Any]) -> TruthfulServer:
+def make_server(settings: Settings, entrypoint: Callable[[JobContext], Any],
+                prewarm: Callable[[JobProcess], Any] = voice.prewarm) -> TruthfulServer:
     # The framework's default load is the machine's CPU (refuse above 70%): a busy moment on a
     # small Railway box would turn a caller away with nobody else to answer. Count calls instead.
     # Calls past MAX_CONCURRENT_CALLS (up to MAX_OVERFLOW_CALLS more) get the overflow answer.
     slots = max(settings.max_concurrent_calls + settings.max_overflow_calls, 1)
-    server = TruthfulServer(setup_fnc=voice.prewarm, drain_timeout=settings.drain_timeout,
+    server = TruthfulServer(setup_fnc=prewarm, drain_timeout=settings.drain_timeout,
                             load_fnc=lambda s: len(s.active_jobs) / slots, load_threshold=1.0,
                             max_calls=settings.max_concurrent_calls, overflow_calls=settings.max_overflow_calls,
                             redispatch=Redispatch.from_env(settings),

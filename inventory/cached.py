@@ -43,6 +43,15 @@ class CachedInventory:
         self._refresh: asyncio.Future[RefreshResult] | None = None
 
     # -- the snapshot -----------------------------------------------------------------------------
+    def warm(self) -> None:
+        """Before the call (prewarm: blocking, no event loop): opens the State and parses the stored
+        snapshot, so the call's first snapshot() reads only what changed since. Never raises: the
+        call then reads it all, as it would have."""
+        try:
+            self.cache.read()
+        except Exception as e:  # noqa: BLE001
+            logger.debug("Equipment snapshot not read ahead of the call: %s", failure(e))
+
     def _snapshot(self, cached: CachedSnapshot) -> Snapshot:
         return Snapshot(cached.units, cached.age(), self.store.source, policy=cached.policy, busy=cached.busy,
                         details=cached.details, changed=cached.changed)

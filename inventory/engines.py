@@ -68,24 +68,25 @@ class SharedState:
             return default
 
     # -- the snapshot -------------------------------------------------------------------------
-    def snapshot(self, origin: str) -> StoredSnapshot | None:
+    def snapshot(self, origin: str, known_read_at: float | None = None) -> StoredSnapshot | None:
         try:
-            snap = self.remote.snapshot(origin)
+            snap = self.remote.snapshot(origin, known_read_at)
         except StateUnavailable as e:
             self._down(e, "serving this machine's copy of the snapshot")
-            return self.local.snapshot(origin)
+            return self.local.snapshot(origin, known_read_at)
         held = self._backup((), "holds")  # bookings kept here while PostgreSQL was down
         if snap is not None:
             if held:
                 snap = dataclasses.replace(snap, holds=snap.holds + tuple(held))
-            threading.Thread(target=self._mirror, args=(origin, snap), name="state-mirror", daemon=True).start()
+            if snap.data is not None:  # unchanged: mirrored by whoever read it first
+                threading.Thread(target=self._mirror, args=(origin, snap), name="state-mirror", daemon=True).start()
         return snap
 
     def _mirror(self, origin: str, snap: StoredSnapshot) -> None:
         """Keeps this machine's copy current, for when PostgreSQL is down (best effort)."""
         with contextlib.suppress(Exception):
-            mine = self.local.snapshot(origin)
-            if mine is None or mine.read_at < snap.read_at:
+            mine = self.local.snapshot(origin, snap.read_at)  # the same read: no data to parse
+            if snap.data is not None and (mine is None or mine.read_at < snap.read_at):
                 self.local.save_snapshot(origin, snap.data, snap.read_at, snap.read_at)
                 if snap.patches:
                     self.local.patch(origin, snap.patches, time.time())

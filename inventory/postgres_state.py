@@ -125,20 +125,23 @@ class PostgresState:
                 self._conn = None
 
     # -- the snapshot -------------------------------------------------------------------------
-    def snapshot(self, origin: str) -> StoredSnapshot | None:
-        """One round trip: the snapshot, the changes since its read, and what pending bookings hold."""
+    def snapshot(self, origin: str, known_read_at: float | None = None) -> StoredSnapshot | None:
+        """One round trip: the snapshot (unless known_read_at says the caller has it), the changes
+        since its read, and what pending bookings hold."""
         rows = self._query(
-            "SELECT s.data, s.read_at,"
+            "SELECT CASE WHEN s.read_at = %s THEN NULL ELSE s.data END, s.read_at,"
             " (SELECT coalesce(json_object_agg(p.key, p.value), '{}') FROM rental_snapshot_patch p"
             "   WHERE p.origin = s.origin),"
             " (SELECT coalesce(json_agg(json_build_array(b.ref, b.payload)), '[]') FROM rental_outbox b"
             "   WHERE b.kind = ANY(%s) AND b.settled_at IS NULL)"
-            " FROM rental_snapshot s WHERE s.origin = %s", (list(HOLDING_KINDS), origin))
+            " FROM rental_snapshot s WHERE s.origin = %s", (known_read_at, list(HOLDING_KINDS), origin))
         if not rows:
             return None
         data, read_at, patches, holds = rows[0]
-        data, read_at = loads_object(data), finite(read_at)
-        if data is None or read_at is None:
+        read_at = finite(read_at)
+        unchanged = data is None and read_at is not None and read_at == known_read_at
+        data = None if unchanged else loads_object(data)
+        if read_at is None or (data is None and not unchanged):
             return None  # written by something else: one refresh replaces it
         patches = {str(k): str(v) for k, v in patches.items()} if isinstance(patches, dict) else {}
         return StoredSnapshot(data, read_at, patches, loads_holds(holds))

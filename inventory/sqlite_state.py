@@ -113,12 +113,15 @@ class SqliteState:
             self._local.conn = None
 
     # -- the snapshot -------------------------------------------------------------------------
-    def snapshot(self, origin: str) -> StoredSnapshot | None:
-        rows = self._query("SELECT data, read_at FROM snapshot WHERE origin = ?", (origin,))
+    def snapshot(self, origin: str, known_read_at: float | None = None) -> StoredSnapshot | None:
+        rows = self._query("SELECT CASE WHEN read_at = ? THEN NULL ELSE data END, read_at FROM snapshot "
+                           "WHERE origin = ?", (known_read_at, origin))
         if not rows:
             return None
-        data, read_at = loads_object(rows[0][0]), finite(rows[0][1])
-        if data is None or read_at is None:
+        read_at = finite(rows[0][1])
+        unchanged = rows[0][0] is None and read_at is not None and read_at == known_read_at
+        data = None if unchanged else loads_object(rows[0][0])
+        if read_at is None or (data is None and not unchanged):
             return None  # written by something else: one refresh replaces it
         patches = dict(self._query("SELECT key, value FROM snapshot_patch WHERE origin = ?", (origin,)))
         return StoredSnapshot(data, read_at, patches, self.holds())

@@ -38,7 +38,9 @@ class LockTimeout(Exception):
 
 @dataclass(frozen=True)
 class StoredSnapshot:
-    data: dict[str, Any]  # units, reservations and policy as read from the source; validated by the cache
+    # units, reservations and policy as read from the source; validated by the cache. None: unchanged
+    # since the read the caller named (known_read_at), which it has parsed already
+    data: dict[str, Any] | None
     read_at: float  # time.time() of the read
     patches: dict[str, str] = field(default_factory=dict)  # reservation ref -> its state since the read
     holds: tuple[dict[str, Any], ...] = ()  # payloads of pending bookings and changes: their dates are taken
@@ -59,7 +61,11 @@ class State(Protocol):
     where: str  # for logs: a path, or host/database (never a password)
 
     # the snapshot
-    def snapshot(self, origin: str) -> StoredSnapshot | None: ...
+    def snapshot(self, origin: str, known_read_at: float | None = None) -> StoredSnapshot | None:
+        """The stored snapshot with its patches and holds; its data left out (None) when its
+        read_at is known_read_at: a call's process that parsed it in prewarm reads only the rest."""
+        ...
+
     def save_snapshot(self, origin: str, data: dict[str, Any], read_started: float, read_at: float) -> None: ...
     def patch(self, origin: str, changes: Mapping[str, str], at: float) -> None: ...
 

@@ -84,6 +84,29 @@ async def test_the_inventory_starts_loading_before_the_room_connection_returns(
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_prewarm_prepares_the_inventory_and_the_call_uses_it(tmp_path: Any, monkeypatch: Any) -> None:
+    """agent.prewarm (each call's process, before its call) builds the inventory and parses the
+    stored snapshot; the call then takes that one, not a new one."""
+    monkeypatch.setenv("STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("EQUIPMENT_CACHE_TTL", "300")
+    await equipment.inventory_from_env().snapshot()  # an earlier call stored the snapshot
+    ctx = FakeJob(connect_hangs=True)
+    rental.prewarm(ctx.proc)  # type: ignore[arg-type]
+    prepared = ctx.proc.userdata["inventory"]
+    assert isinstance(prepared, equipment.CachedInventory) and ctx.proc.userdata["vad"] is not None
+    snapshots: list[equipment.Snapshot] = []
+    original = prepared.snapshot
+
+    async def recording() -> equipment.Snapshot:
+        snapshots.append(await original())
+        return snapshots[-1]
+
+    prepared.snapshot = recording  # type: ignore[method-assign]
+    await asyncio.wait_for(rental.run_call(ctx, settings(ROOM_CONNECT_TIMEOUT="0.3")), 5)
+    assert len(snapshots) == 1 and snapshots[0].known, "the call read the prepared inventory"
+    await ctx.run_shutdown("room connect failed")
+
+
 async def test_a_room_that_never_answers_ends_the_job_and_logs_the_summary(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -457,6 +457,37 @@ async def test_bad_stored_snapshot_costs_one_refresh_never_a_stuck_unknown(sheet
 
 
 # =============================================================================================
+# the pickup read: a call's process parses the snapshot in prewarm, then reads what changed
+
+
+async def test_a_prepared_process_reads_only_what_changed_since_it_parsed_the_snapshot(sheets, sheet_env):
+    """warm() (agent.prewarm) parses the stored snapshot; at pickup the State sends its data again
+    only when a refresh replaced it, and what other processes booked meanwhile is seen at once."""
+    await loaded(equipment.inventory_from_env(sheet_env))  # the shared snapshot is stored
+    call = equipment.inventory_from_env(sheet_env)
+    call.warm()
+    read_at = call.state.snapshot(call.store.origin).read_at
+    unchanged = call.state.snapshot(call.store.origin, read_at)
+    assert unchanged is not None and unchanged.data is None and unchanged.read_at == read_at
+    assert call.state.snapshot(call.store.origin, read_at - 1).data is not None
+
+    reads = sheets.counts["read"]
+    at_pickup = await call.snapshot()
+    assert at_pickup.known and free(at_pickup, "EX-103") and sheets.counts["read"] == reads
+    booked = await equipment.inventory_from_env(sheet_env).book(request("EX-103"))  # another call
+    assert booked.confirmed
+    again = await call.snapshot()
+    assert again.units is at_pickup.units, "the parsed units are reused, not parsed again"
+    assert not free(again, "EX-103") and again.reservation(booked.ref) is not None
+
+    sheets.set_cell("Equipment", "EX-102", "Status", "MAINTENANCE")
+    await asyncio.to_thread(call.cache.refresh, force=True, budget=5.0)  # another call's refresh
+    refreshed = await call.snapshot()  # replaced by a refresh: parsed again
+    assert refreshed.units is not at_pickup.units and refreshed.find("EX-102").status == "MAINTENANCE"
+    assert not free(refreshed, "EX-103")
+
+
+# =============================================================================================
 # the old STATE_DIR files, imported once
 
 
