@@ -100,9 +100,10 @@ def prewarm(proc: JobProcess) -> None:
     """Each call's process, before its call: the models (voice.prewarm), then the inventory with
     the stored snapshot parsed, so that at pickup it reads only what changed since (BENCHMARKS.md,
     "Shared state"). Blocking, bounded by DATABASE_TIMEOUT; nothing here fails the process."""
-    voice.prewarm(proc)
+    settings = Settings.lenient()
+    voice.prewarm(proc, settings)
     try:
-        inventory = equipment.inventory_from_settings(Settings.lenient().inventory)
+        inventory = equipment.inventory_from_settings(settings.inventory)
     except Exception as e:  # noqa: BLE001 - the call builds it again, and says what is wrong
         logger.debug(f"inventory not prepared ahead of the call: {e!r}"[:300])
         return

@@ -98,6 +98,8 @@ NUMBERS: dict[str, Number] = {
     # the agent answers when the turn detector thinks they are done, and at most when it does not
     "MIN_ENDPOINTING_DELAY": Number(0.3, 0, 2, seconds=True),
     "MAX_ENDPOINTING_DELAY": Number(1.0, 0.3, 6, seconds=True),
+    # silence that ends the caller's speech for the VAD: no turn ends sooner (voice.prewarm)
+    "VAD_MIN_SILENCE": Number(0.55, 0.1, 2, seconds=True),
     "BOOKING_TIMEOUT": Number(30.0, 0, 50, seconds=True, above=True),
     "MAX_BOOKINGS_PER_CALL": Number(3, 1, 20, integer=True),
     "EQUIPMENT_CACHE_TTL": Number(30.0, 0, 3600, seconds=True),
@@ -176,6 +178,7 @@ class Settings:
     user_away_seconds: float = 20.0
     min_endpointing_delay: float = 0.3
     max_endpointing_delay: float = 1.0
+    vad_min_silence: float = 0.55
     booking_timeout: float = 30.0
     max_bookings_per_call: int = 3
     register_timeout: float = 60.0
@@ -325,6 +328,7 @@ def parse(env: Mapping[str, str] = os.environ, mode: str = "start",
         user_away_seconds=float(r.number("USER_AWAY_SECONDS")),
         min_endpointing_delay=min_endpointing,
         max_endpointing_delay=max_endpointing,
+        vad_min_silence=float(r.number("VAD_MIN_SILENCE")),
         booking_timeout=float(r.number("BOOKING_TIMEOUT")),
         max_bookings_per_call=int(r.number("MAX_BOOKINGS_PER_CALL")),
         register_timeout=float(r.number("REGISTER_TIMEOUT")),

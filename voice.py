@@ -47,12 +47,12 @@ from settings import FALLBACK_LLM, STT_MODEL, VOICES, Settings  # noqa: E402
 logger = logging.getLogger("rental-agent")
 
 
-def prewarm(proc: JobProcess) -> None:
+def prewarm(proc: JobProcess, settings: Settings | None = None) -> None:
     """Synchronous, models only, no network. VAD from the silero wheel (~0.1 s); the end-of-turn
     model's weights are compiled into livekit-local-inference (no hub download): init_eot() is a
     no-op when the forkserver already preloaded them, ~0.7 s otherwise."""
     started = time.perf_counter()
-    proc.userdata["vad"] = silero.VAD.load()
+    proc.userdata["vad"] = silero.VAD.load(min_silence_duration=(settings or Settings()).vad_min_silence)
     try:
         import livekit.local_inference as li
 

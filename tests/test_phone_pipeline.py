@@ -50,6 +50,14 @@ async def test_endpointing_delays_come_from_the_settings(keys: None) -> None:
     assert (default.min_endpointing_delay, default.max_endpointing_delay) == (0.3, 1.0)
 
 
+def test_the_vads_end_of_speech_silence_comes_from_the_settings() -> None:
+    from types import SimpleNamespace
+
+    proc = SimpleNamespace(userdata={})
+    voice.prewarm(proc, Settings.lenient({"VAD_MIN_SILENCE": "0.35"}))  # type: ignore[arg-type]
+    assert proc.userdata["vad"].min_silence_duration == 0.35
+
+
 async def test_the_inventory_names_are_the_stt_keyterms(keys: None) -> None:
     """Deepgram is told the shop's words (unit names, categories), before the session opens its
     stream (set later, the plugin reconnects)."""
