@@ -98,8 +98,9 @@ async def start_call(session: AgentSession, agent: RentalAgent, *, room: object 
 
 def prewarm(proc: JobProcess) -> None:
     """Each call's process, before its call: the models (voice.prewarm), then the inventory with
-    the stored snapshot parsed, so that at pickup it reads only what changed since (BENCHMARKS.md,
-    "Shared state"). Blocking, bounded by DATABASE_TIMEOUT; nothing here fails the process."""
+    the stored snapshot parsed, and parsed again while the process waits if a refresh replaces it,
+    so that at pickup it reads only what changed since (BENCHMARKS.md, "Shared state"). Blocking,
+    bounded by DATABASE_TIMEOUT; nothing here fails the process."""
     settings = Settings.lenient()
     voice.prewarm(proc, settings)
     try:
@@ -109,10 +110,13 @@ def prewarm(proc: JobProcess) -> None:
         return
     inventory.warm()
     proc.userdata["inventory"] = inventory
+    proc.userdata["keep_warm"] = inventory.keep_warm()
 
 
 def _inventory(ctx: JobContext, settings: Settings) -> equipment.Inventory:
     """The one prepared in prewarm when it is there (a process serves one call), else a new one."""
+    if (keeping := ctx.proc.userdata.get("keep_warm")) is not None:
+        keeping.set()  # the call reads for itself from now on
     prepared = ctx.proc.userdata.get("inventory")
     return prepared or equipment.inventory_from_settings(settings.inventory)
 

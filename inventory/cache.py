@@ -101,6 +101,7 @@ class SnapshotCache:
         # and 10,000 reservations costs ~50 ms, so a call's process parses in prewarm, and at
         # pickup reads only the patches and holds when the stored snapshot is still that one
         self._parsed: CachedSnapshot | None = None
+        self._malformed_at: float | None = None  # the read_at of a stored snapshot found malformed
 
     def read(self) -> CachedSnapshot | None:
         """The shared snapshot with the agent's recent changes and the outbox's holds applied;
@@ -114,7 +115,9 @@ class SnapshotCache:
             base = parsed if unchanged and parsed is not None else self._parse(stored)
             changed = tuple(Reservation.from_list(json.loads(value)) for value in stored.patches.values())
         except (KeyError, TypeError, ValueError, OverflowError) as e:
-            logger.warning("Equipment snapshot in %s is malformed (%s) - ignoring it", self.state.where, e)
+            if stored.read_at != self._malformed_at:  # once, not on every read of a waiting process
+                self._malformed_at = stored.read_at
+                logger.warning("Equipment snapshot in %s is malformed (%s) - ignoring it", self.state.where, e)
             return None
         self._parsed = base
         holds = tuple(h for h in (hold(p) for p in stored.holds) if h is not None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 
 from datetime import date
@@ -51,6 +52,19 @@ class CachedInventory:
             self.cache.read()
         except Exception as e:  # noqa: BLE001
             logger.debug("Equipment snapshot not read ahead of the call: %s", failure(e))
+
+    def keep_warm(self, every: float = 2.0) -> threading.Event:
+        """While the process waits for its call (minutes, at a quiet shop): warm() again every
+        `every` seconds, so a refresh made meanwhile is parsed before the call instead of at its
+        pickup. When nothing changed that is one small read. Set the returned event to stop."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                self.warm()
+
+        threading.Thread(target=loop, name="equipment-keep-warm", daemon=True).start()
+        return stop
 
     def _snapshot(self, cached: CachedSnapshot) -> Snapshot:
         return Snapshot(cached.units, cached.age(), self.store.source, policy=cached.policy, busy=cached.busy,

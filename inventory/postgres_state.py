@@ -113,7 +113,16 @@ class PostgresState:
                     self._conn = None
                 raise StateUnavailable(f"{self.where}: {str(e).strip()[:300]}") from e
 
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, args: tuple[Any, ...] = (), *, read: bool = False) -> list[tuple[Any, ...]]:
+        reused = self._conn is not None and not self._conn.closed
+        try:
+            with self._session() as conn:
+                return conn.execute(sql, args).fetchall()
+        except StateUnavailable as e:
+            # the connection opened in prewarm may have sat idle until the server or a proxy closed
+            # it: a read goes again on a new one, once (a write is never sent twice)
+            if not (read and reused and self._conn is None and not isinstance(e.__cause__, errors.QueryCanceled)):
+                raise
         with self._session() as conn:
             return conn.execute(sql, args).fetchall()
 
@@ -134,7 +143,7 @@ class PostgresState:
             "   WHERE p.origin = s.origin),"
             " (SELECT coalesce(json_agg(json_build_array(b.ref, b.payload)), '[]') FROM rental_outbox b"
             "   WHERE b.kind = ANY(%s) AND b.settled_at IS NULL)"
-            " FROM rental_snapshot s WHERE s.origin = %s", (known_read_at, list(HOLDING_KINDS), origin))
+            " FROM rental_snapshot s WHERE s.origin = %s", (known_read_at, list(HOLDING_KINDS), origin), read=True)
         if not rows:
             return None
         data, read_at, patches, holds = rows[0]
@@ -149,7 +158,7 @@ class PostgresState:
     def holds(self) -> tuple[dict[str, Any], ...]:
         return loads_holds(self._query(
             "SELECT ref, payload FROM rental_outbox WHERE kind = ANY(%s) AND settled_at IS NULL",
-            (list(HOLDING_KINDS),)))
+            (list(HOLDING_KINDS),), read=True))
 
     def save_snapshot(self, origin: str, data: dict[str, Any], read_started: float, read_at: float) -> None:
         with self._session() as conn, conn.transaction():

@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     uncertain_at REAL, settled_at REAL, outcome TEXT);
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (settled_at, created_at);
 """
+# read_at without the row: it is stored after a data column of megabytes (overflow pages), and a
+# call's process asks only whether the snapshot it parsed in prewarm is still the one stored
+READ_AT_INDEX = "CREATE INDEX IF NOT EXISTS snapshot_read_at ON snapshot (origin, read_at)"
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -80,6 +83,7 @@ class SqliteState:
                 if not self._ready:
                     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                         _migrate(conn)
+                    conn.execute(READ_AT_INDEX)  # a database of this version from before the index has none
                     self._ready = True
             except sqlite3.Error as e:
                 raise StateUnavailable(f"SQLite state {self.path}: {e}") from e
@@ -114,13 +118,18 @@ class SqliteState:
 
     # -- the snapshot -------------------------------------------------------------------------
     def snapshot(self, origin: str, known_read_at: float | None = None) -> StoredSnapshot | None:
-        rows = self._query("SELECT CASE WHEN read_at = ? THEN NULL ELSE data END, read_at FROM snapshot "
-                           "WHERE origin = ?", (known_read_at, origin))
-        if not rows:
-            return None
-        read_at = finite(rows[0][1])
-        unchanged = rows[0][0] is None and read_at is not None and read_at == known_read_at
-        data = None if unchanged else loads_object(rows[0][0])
+        unchanged = False
+        if known_read_at is not None:
+            rows = self._query("SELECT read_at FROM snapshot INDEXED BY snapshot_read_at WHERE origin = ?",
+                               (origin,))
+            unchanged = bool(rows) and finite(rows[0][0]) == known_read_at
+        if unchanged:
+            read_at, data = known_read_at, None
+        else:
+            rows = self._query("SELECT data, read_at FROM snapshot WHERE origin = ?", (origin,))
+            if not rows:
+                return None
+            read_at, data = finite(rows[0][1]), loads_object(rows[0][0])
         if read_at is None or (data is None and not unchanged):
             return None  # written by something else: one refresh replaces it
         patches = dict(self._query("SELECT key, value FROM snapshot_patch WHERE origin = ?", (origin,)))

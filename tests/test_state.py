@@ -13,6 +13,7 @@ that is what these tests look for, never a unit's Status cell (nothing writes th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -33,6 +34,7 @@ from inventory.booking import UNCERTAIN_WAIT
 from inventory.engines import open_state
 from inventory.files import Locks
 from inventory.outbox import MAX_ATTEMPTS
+from inventory.sqlite_state import SqliteState
 from inventory.state import LockTimeout
 from inventory.table import LOG_HEADER
 from inventory.reservations import RESERVATION_HEADER
@@ -722,6 +724,54 @@ def down_env(own_pg: PgServer, sheets: Any, tmp_path: Path) -> Iterator[dict[str
            "DATABASE_URL": url, "DATABASE_TIMEOUT": "1"}
     own_pg.start()
     own_pg.drop_database(url)
+
+
+async def test_a_waiting_process_parses_a_refresh_before_its_call_not_at_pickup(sheets, sheet_env):
+    """keep_warm (agent.prewarm): a refresh made while the process waits for its call is parsed
+    then. Shown by what the pickup can do without reading the data: the stored data is broken in
+    place and Sheets refuses reads, yet the pickup serves the refreshed snapshot it parsed."""
+    await loaded(equipment.inventory_from_env(sheet_env))
+    call = equipment.inventory_from_env(sheet_env)
+    call.warm()
+    keeping = call.keep_warm(every=0.05)
+    sheets.set_cell("Equipment", "EX-102", "Status", "MAINTENANCE")
+    await asyncio.to_thread(equipment.inventory_from_env(sheet_env).cache.refresh, force=True, budget=5.0)
+    await asyncio.sleep(0.5)
+    keeping.set()
+    await asyncio.sleep(0.1)
+    StateDb(sheet_env).query("UPDATE {snapshot} SET data = ?", ('{"v": "broken"}',))
+    sheets.fail("read", 500)
+    snap = await call.snapshot()
+    assert snap.known and snap.find("EX-102").status == "MAINTENANCE"
+
+
+def test_a_sqlite_state_from_before_the_read_at_index_gets_it(tmp_path: Path) -> None:
+    """The pickup asks SQLite for read_at alone through an index (the row holds megabytes): a
+    STATE_DIR written before the index gets it when it is opened."""
+    SqliteState(tmp_path).save_snapshot("sheet:x", {"v": 1}, 1.0, 2.0)
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as conn:
+        conn.execute("DROP INDEX snapshot_read_at")
+    state = SqliteState(tmp_path)
+    assert state.snapshot("sheet:x", 2.0).data is None
+    assert state.snapshot("sheet:x", 1.0).data == {"v": 1} and state.snapshot("sheet:x").read_at == 2.0
+
+
+async def test_a_postgres_connection_closed_while_the_process_waited_is_opened_again_at_pickup(
+        own_pg, sheets, down_env, caplog):
+    """The connection prewarm opened sits idle until the call comes; the server (or a proxy) may
+    close it meanwhile. The pickup read then goes on a new connection: PostgreSQL's snapshot with
+    what other replicas wrote, not this machine's copy, and no outage in the log."""
+    await loaded(equipment.inventory_from_env(down_env))
+    call = equipment.inventory_from_env(down_env)
+    call.warm()
+    booked = await equipment.inventory_from_env(down_env).book(request("EX-103"))  # another replica's
+    dropped = own_pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                             "application_name = 'equipment-rental' AND pid <> pg_backend_pid()")
+    assert dropped
+    caplog.set_level(logging.WARNING, logger="equipment")
+    snap = await call.snapshot()
+    assert snap.known and snap.reservation(booked.ref) is not None and not free(snap, "EX-103")
+    assert not [r for r in caplog.records if "unavailable" in r.getMessage()], caplog.text
 
 
 async def test_postgres_down_booking_kept_on_this_machine_then_moved_and_written_once(own_pg, sheets, down_env):
