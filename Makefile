@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup dev start console check test bench clean
+.PHONY: setup dev start console check test bench bench-state clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -31,6 +31,10 @@ test: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# the shared State on SQLite and PostgreSQL (section 7 of BENCHMARKS.md, rewritten alone)
+bench-state: setup
+	$(PY) bench/state.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache

@@ -1,7 +1,11 @@
 """Imported once by the bench's forkserver (never by the orchestrator), mirroring what the worker's
 forkserver preloads: livekit.agents with its own warm-up (livekit.agents.ipc._preload: av, the VAD
 and end-of-turn weights, the rtc library, the openai SDK), the plugins, gspread, and our modules.
-Children forked from it start with all of that shared copy-on-write, as job processes do."""
+Children forked from it start with all of that shared copy-on-write, as job processes do.
+
+No guard: an ImportError here is skipped by multiprocessing, and the first child that needs the
+module fails with the traceback, which lands in the report; any other error stops the forkserver,
+so every child fails to start, also visibly."""
 
 import sys
 from pathlib import Path
@@ -18,12 +22,5 @@ import livekit.agents.ipc._preload  # noqa: E402,F401
 import gspread  # noqa: E402,F401
 import google.oauth2.service_account  # noqa: E402,F401
 
-from bench import baseline_seed, fake_providers  # noqa: E402,F401
-
-try:
-    import equipment  # noqa: F401
-    import prompts  # noqa: F401
-    import agent  # noqa: F401
-    from bench import ours_call  # noqa: F401
-except Exception:  # reported by the child that needs them
-    pass
+import agent  # noqa: E402,F401  (and through it voice, equipment, inventory/, settings, prompts)
+from bench import baseline_seed, fake_providers, ours_call  # noqa: E402,F401

@@ -76,6 +76,12 @@ def _client(env):
     return gc
 
 
+def clear_cache() -> None:
+    """Forget the module-level cache (a new job process starts without it)."""
+    global _equipment_cache, _cache_timestamp
+    _equipment_cache, _cache_timestamp = None, 0.0
+
+
 def load_equipment_from_sheets(env=None) -> list[dict[str, Any]]:
     """The seed's loader (synchronous; blocks its thread for as long as Sheets takes)."""
     global _equipment_cache, _cache_timestamp

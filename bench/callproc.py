@@ -2,9 +2,10 @@
 worker preloads, as LiveKit does (PROCESS executor, forkserver on Linux, a process is never reused).
 
 Children:
-- pickup_child: runs one call's entrypoint (ours: agent.py's, via bench/ours_call.py; baseline: the
-  seed's order, bench/baseline_seed.py) with the room out of reach (connect is a no-op), a real
-  AgentSession, the fake TTS and the fake audio output; reports perf_counter marks.
+- pickup_child: runs one call's pickup (ours: agent.run_call, via bench/ours_call.py; baseline: the
+  seed's order, bench/baseline_seed.py) with the room out of reach (connect is a no-op), the
+  production pipeline with the fake TTS and audio output (bench/fake_providers.py); reports
+  perf_counter marks.
 - load_child: one call's inventory read (ours: equipment.inventory_from_env(env).snapshot();
   baseline: the seed's per-process cache), then stays alive `hold` seconds like a call would.
 
@@ -27,16 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-GREETING_FALLBACK = "Thanks for calling the rental shop. How can I help you today?"
-
-
 def _greeting() -> str:
-    try:
-        import prompts
+    import prompts
+    from settings import Settings
 
-        return prompts.greeting(prompts.DEFAULT_BUSINESS_NAME)
-    except Exception:
-        return GREETING_FALLBACK
+    return prompts.greeting(Settings.lenient().business_name)
 
 
 def _quiet() -> None:
@@ -46,7 +42,7 @@ def _quiet() -> None:
 
     install_network_guard()
     logging.basicConfig(level=logging.CRITICAL)
-    for name in ("livekit", "livekit.agents", "bench", "equipment", "agent", "gspread", "urllib3"):
+    for name in ("livekit", "livekit.agents", "bench", "equipment", "rental-agent", "gspread", "urllib3"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -54,46 +50,32 @@ _USERDATA: dict = {}
 
 
 def _prewarm() -> dict:
-    """What an idle prewarmed process holds before any call: agent.prewarm's VAD and turn
-    detector (or, without agent.py, nothing). Done before the call's clock starts, both designs."""
+    """What an idle prewarmed process holds before any call: voice.prewarm's VAD, turn detector
+    and TLS context. Done before the call's clock starts, both designs."""
     if not _USERDATA:
-        try:
-            import agent
+        import voice
+        from livekit.agents import JobExecutorType, JobProcess
 
-            class _Proc:
-                userdata: dict = _USERDATA
-
-            agent.prewarm(_Proc())  # type: ignore[arg-type]
-        except Exception:
-            pass
-        _USERDATA.setdefault("_prewarmed", True)
+        proc = JobProcess(executor_type=JobExecutorType.PROCESS, user_arguments=None, http_proxy=None)
+        voice.prewarm(proc)
+        _USERDATA.update(proc.userdata)
     return _USERDATA
 
 
-async def _baseline_session(items):
-    """The seed's session: the same production pipeline as ours (agent.build_session: Deepgram STT,
-    OpenAI LLM with fallback, TTS, the prewarmed VAD and turn detector), TTS swapped for the fake,
-    audio to the fake output; a plain Agent whose instructions carry the inventory it loaded."""
-    from livekit.agents import Agent, AgentSession
+async def _baseline_session(items, marks: dict):
+    """The seed's session: the same production pipeline as ours (voice.build_pipeline, through
+    the bench's BenchPipeline: fake TTS and audio output), started with a plain Agent whose
+    instructions carry the inventory it loaded. Returns (session, audio output)."""
+    from livekit.agents import Agent
 
-    from bench.fake_providers import FakeAudioOutput, FakeTTS, scripted_llm
+    from bench.fake_providers import BenchPipeline
+    from settings import Settings
 
-    try:
-        import agent
-
-        settings = agent.Settings.from_env()
-        control = agent.CallControl(settings, agent.CallState())
-        session = agent.build_session(settings, _prewarm(), control)
-        session._tts = FakeTTS()
-    except Exception:
-        session = AgentSession(llm=scripted_llm(), tts=FakeTTS(), vad=None,
-                               turn_handling={"turn_detection": None})
-    out = FakeAudioOutput()
-    session.output.audio = out
-    session._bench_out = out  # type: ignore[attr-defined]
+    pipeline = BenchPipeline(marks)
+    session = pipeline(Settings.lenient(), _prewarm()).session
     n = "unknown" if items is None else len(items)
     await session.start(agent=Agent(instructions=f"You rent equipment. Inventory: {n} items."))
-    return session
+    return session, pipeline.audio
 
 
 def _self_memory() -> dict:
@@ -103,22 +85,34 @@ def _self_memory() -> dict:
     return {"rss": m.rss, "uss": m.uss, "pss": getattr(m, "pss", None)}
 
 
-async def _one_turn(session) -> str:
-    """One scripted exchange in the call: the caller asks, the model looks the inventory up
-    (a real tool call into equipment.py), then answers; the fake TTS speaks it."""
+def _turn_llm():
+    """The memory run's model: the caller asks, the model looks the inventory up (a real tool
+    call into the inventory), then answers."""
     from tests.fakes.llm import Reply, ScriptedLLM, call
 
-    session._llm = ScriptedLLM([Reply(tool_calls=[call("look_up_equipment", category="Excavators")]),
-                                Reply("We have a mini excavator available at 325 dollars a day.")])
+    return ScriptedLLM([Reply(tool_calls=[call("look_up_equipment", category="Excavators")]),
+                        Reply("We have a mini excavator available at 325 dollars a day.")])
+
+
+async def _one_turn(session) -> str:
+    """One scripted exchange in the call; the fake TTS speaks the answer."""
     try:
         await asyncio.wait_for(session.run(user_input="Do you have an excavator this weekend?"), 10)
         return "ok"
-    except Exception as e:  # reported, not fatal: the memory figure is still taken
+    except Exception as e:  # reported in the memory table, not fatal: the memory figure is still taken
         return f"{type(e).__name__}: {e}"[:300]
 
 
-async def _pickup(design: str, env: dict, memory: bool = False) -> dict:
-    from bench import baseline_seed
+async def _wait_first_audio(out, marks: dict) -> None:
+    """Bounded wait for the first greeting frame to reach the fake output."""
+    deadline = time.perf_counter() + 2.0
+    while out.first_frame_at is None and time.perf_counter() < deadline:
+        await asyncio.sleep(0.001)
+    marks["first_audio"] = out.first_frame_at
+
+
+async def _pickup(design: str, memory: bool = False) -> dict:
+    from bench import baseline_seed, ours_call
 
     marks: dict = {}
     if memory:
@@ -126,26 +120,25 @@ async def _pickup(design: str, env: dict, memory: bool = False) -> dict:
     if design == "baseline":
         async def connect():
             return None
-        session, handle = await baseline_seed.seed_entrypoint(env, connect, _baseline_session,
-                                                              _greeting(), marks)
-        out = session._bench_out  # type: ignore[attr-defined]
-    elif design == "ours":
-        from bench import ours_call
 
-        session, handle, out = await ours_call.run_entrypoint(env, marks)
+        async def start_session(items):
+            session, out = await _baseline_session(items, marks)
+            holder["out"] = out
+            return session
+
+        holder: dict = {}
+        await baseline_seed.seed_entrypoint(os.environ, connect, start_session, _greeting(), marks)
+        await _wait_first_audio(holder["out"], marks)
+    elif design == "ours":
+        async with ours_call.call(marks, _prewarm(), llm=_turn_llm() if memory else None) as (_, pipeline):
+            await _wait_first_audio(pipeline.audio, marks)
+            if memory:
+                marks["turn"] = await _one_turn(pipeline.session)
+                marks["mem_call"] = _self_memory()
     else:
         raise ValueError(design)
-    # wait (bounded) for the first greeting frame to reach the fake output
-    deadline = time.perf_counter() + 2.0
-    while out.first_frame_at is None and time.perf_counter() < deadline:
-        await asyncio.sleep(0.001)
-    marks["first_audio"] = out.first_frame_at
-    if memory:
-        marks["turn"] = await _one_turn(session)
-        marks["mem_call"] = _self_memory()
     entry = marks["entry"]
-    res = {k: (v - entry if isinstance(v, float) else v) for k, v in marks.items() if k != "entry"}
-    return res
+    return {k: (v - entry if isinstance(v, float) else v) for k, v in marks.items() if k != "entry"}
 
 
 def pickup_child(design: str, env: dict, conn, memory: bool = False) -> None:
@@ -153,23 +146,20 @@ def pickup_child(design: str, env: dict, conn, memory: bool = False) -> None:
     os.environ.update(env)
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench-dummy")
     os.environ.setdefault("DEEPGRAM_API_KEY", "bench-dummy")
-    _prewarm()
     try:
-        res = asyncio.run(_run_and_send(_pickup(design, env, memory), conn))
+        _prewarm()
+        asyncio.run(_run_and_send(_pickup(design, memory), conn))
     except BaseException:
-        try:
-            conn.send({"error": traceback.format_exc()[-2000:]})
-        except Exception:
-            pass
-    finally:
-        os._exit(0)
+        # a failed send leaves the parent an EOFError: "child exited without a result"
+        conn.send({"error": traceback.format_exc()[-2000:]})
+    os._exit(0)
 
 
 async def _run_and_send(coro, conn):
-    res = await coro
-    conn.send(res)
+    conn.send(await coro)
     conn.close()
-    # leave at once: a hung Sheets thread must not hold this process (see module doc)
+    # leave at once, from inside the loop: asyncio.run would otherwise wait at its end for the
+    # default executor, where the seed's hung gspread thread never returns (see module doc)
     os._exit(0)
 
 
@@ -201,9 +191,8 @@ def load_child(design: str, env: dict, hold: float, q) -> None:
     try:
         asyncio.run(_load(design, env, hold, q))
     except BaseException:
-        pass
-    finally:
-        os._exit(0)
+        q.put({"design": design, "pid": os.getpid(), "error": traceback.format_exc()[-2000:]})
+    os._exit(0)
 
 
 # ----------------------------------------------------------------- parent side

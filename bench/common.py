@@ -145,14 +145,6 @@ def machine() -> dict[str, Any]:
 
 # ---------------------------------------------------------------- misc helpers
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def write_json(name: str, data: Any) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     p = RESULTS / name

@@ -50,13 +50,16 @@ def fresh_standin() -> SheetsStandIn:
 
 def burst(env: dict[str, str], n: int = 20) -> list[dict]:
     start_at = str(time.time() + 3.0)
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.fakes.sheets_server", "child", "snapshot"],
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.fakes.child", "snapshot"],
                               cwd=str(ROOT), env=child_env(env, START_AT=start_at),
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(n)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
     out = []
     for p in procs:
-        o, _ = p.communicate(timeout=120)
-        out.append(json.loads(o.strip().splitlines()[-1]))
+        o, e = p.communicate(timeout=120)
+        lines = o.strip().splitlines()
+        if p.returncode or not lines:
+            raise RuntimeError(f"a child exited {p.returncode} without a result:\n{e[-1500:]}")
+        out.append(json.loads(lines[-1]))
     return out
 
 
@@ -71,6 +74,14 @@ async def timed_snapshot(env: dict[str, str]) -> tuple[float, equipment.Snapshot
     t0 = time.perf_counter()
     snap = await inv.snapshot()
     return time.perf_counter() - t0, snap
+
+
+async def made_stale(env: dict[str, str], ttl: float = 1.0) -> dict[str, str]:
+    """The same machine (STATE_DIR) once its snapshot is older than the TTL: a short TTL and a
+    wait just past it, through configuration only, whatever the inventory keeps its state in.
+    The TTL must outlast what it measures, or the snapshot goes stale again meanwhile."""
+    await asyncio.sleep(ttl + 0.1)
+    return {**env, "EQUIPMENT_CACHE_TTL": f"{ttl:g}"}
 
 
 async def main(quick: bool) -> None:
@@ -89,12 +100,9 @@ async def main(quick: bool) -> None:
     s.delay("read", 0.3)
     env = env_for(s)
     await timed_snapshot(env)
-    p = Path(env["STATE_DIR"]) / equipment.SNAPSHOT_FILE
-    d = json.loads(p.read_text())
-    d["read_at"] -= 60
-    p.write_text(json.dumps(d))
+    stale = await made_stale(env, ttl=5.0)  # the burst's 20 processes take a few seconds to start
     s.reset_counts()
-    res = burst(env)
+    res = burst(stale)
     waits = sorted(r["elapsed"] for r in res)
     print(f"   stale cache  : {counts(s)}; snapshot() wait median {statistics.median(waits)*1000:.1f} ms, "
           f"max {waits[-1]*1000:.1f} ms")
@@ -128,12 +136,9 @@ async def main(quick: bool) -> None:
         env = env_for(s)
         # warm: a snapshot exists but is stale (the worst warm case: it triggers a refresh)
         await timed_snapshot(env)
-        p = Path(env["STATE_DIR"]) / equipment.SNAPSHOT_FILE
-        d = json.loads(p.read_text())
-        d["read_at"] -= 60
-        p.write_text(json.dumps(d))
+        stale = await made_stale(env)
         setup(s)
-        warm, wsnap = await timed_snapshot(env)
+        warm, wsnap = await timed_snapshot(stale)
         cold_env = env_for(s)  # a machine that never read the sheet
         cold, csnap = await timed_snapshot(cold_env)
         print(f"   {label:9s}: warm (stale) {warm*1000:7.1f} ms known={wsnap.known} | "

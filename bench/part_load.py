@@ -13,7 +13,6 @@ the only thing not scaled is Sheets' own latency (~1 ms here), which is far belo
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 from bench import callproc

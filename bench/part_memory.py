@@ -1,9 +1,10 @@
 """Part 4 (call side): the memory of a process in a call, and what fits in 8 GB.
 
 A call process here is forked from the bench's forkserver (which preloads what the worker's
-forkserver preloads, plus agent.py), prewarmed with agent.prewarm, then runs agent.py's entrypoint
-with the fake TTS and audio output, speaks the greeting and takes one scripted turn with a real
-tool call into equipment.py. Its RSS, USS (pages only it holds) and PSS (its share of the shared
+forkserver preloads, plus agent.py), prewarmed with voice.prewarm, then runs agent.run_call
+(bench/ours_call.py: the production pipeline with the fake TTS and audio output, and a scripted
+LLM in place of OpenAI's), speaks the greeting and takes one scripted turn with a real
+tool call into the inventory. Its RSS, USS (pages only it holds) and PSS (its share of the shared
 ones) are read with psutil, idle (prewarmed) and in the call.
 """
 

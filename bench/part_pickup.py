@@ -1,9 +1,11 @@
 """Part 1b and 5a: job start → greeting queued, in-process, ours vs the seed's design.
 
 Each sample is one call in a fresh process forked from a forkserver that preloaded the modules
-(as the worker does). The room is out of reach (no media server here), so connect is a no-op and the
-session's audio goes to a fake output; the AgentSession, the inventory code and the Sheets traffic
-(to the local stand-in, through real gspread) are real.
+(as the worker does). Ours is `agent.run_call` with its `make_inventory`/`make_pipeline` seams
+(bench/ours_call.py). The room is out of reach (no media server here), so connect is a no-op and
+the session's audio goes to a fake output; the production pipeline's construction, the
+AgentSession, the inventory code and the Sheets traffic (to the local stand-in, through real
+gspread) are real.
 
 Ours is measured in three cache states of STATE_DIR (the machine-wide cache):
 - warm-stale: a snapshot exists but is older than the TTL, so the call triggers a refresh against
@@ -159,10 +161,12 @@ def run(sheets: Sheets, budget: Budget, n: int = 20, rows_list=(10, 100, 1000),
         tgt[key] = cell
     # where ours spends the time before the greeting (all ours calls of the condition table)
     steps = {
-        "entry → inventory object built": ("t_inventory_end", None),
-        "entry → build_session begins (after connect, a no-op here)": ("t_build_begin", None),
-        "build_session (plugin objects: STT, 2 LLMs, 2 TTS, session)": ("t_build_end", "t_build_begin"),
-        "build_session end → session.start begins (RentalAgent, CallControl)": ("t_session_start_begin", "t_build_end"),
+        "entry → inventory object built (Settings.lenient() parsed first)": ("t_inventory_end", None),
+        "entry → build_pipeline begins (after connect, a no-op here)": ("t_build_begin", None),
+        "voice.build_pipeline (plugin objects: STT, 2 LLMs, 2 TTS, session)": ("t_build_end", "t_build_begin"),
+        "bench only: the session built again with the fake TTS": ("t_session_built", "t_build_end"),
+        "→ session.start begins (BookingDesk, RentalAgent, CallControl.attach, GreetingAudio)":
+            ("t_session_start_begin", "t_session_built"),
         "session.start": ("t_session_start_end", "t_session_start_begin"),
         "session.start end → greeting queued": ("greeting_queued", "t_session_start_end"),
     }

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
+import subprocess
 import time
 from pathlib import Path
 
 import psutil
 
-from bench.common import PY, ROOT, Budget, log, summary, write_json
+from bench.common import PY, ROOT, Budget, summary
 from bench.standins import CONDITIONS, Sheets, new_state_dir
 from tests.fakes.dispatch_server import (AgentProcess, DispatchServer, HangingListener, free_port,
                                          refusing_url)
@@ -103,11 +103,9 @@ def _wait_idle_ready(proc, n: int, timeout: float = 30.0) -> tuple[list[float], 
             break
         time.sleep(0.1)
     recs = recs[:n]
-    ready = None
-    try:
-        ready = max(datetime.fromisoformat(r["timestamp"]).timestamp() for r in recs) - proc.wall0
-    except Exception:
-        pass
+    if len(recs) < n:  # the caller reports it; the rest of the part still runs
+        return [r.get("elapsed_time") for r in recs], None
+    ready = max(datetime.fromisoformat(r["timestamp"]).timestamp() for r in recs) - proc.wall0
     return [r.get("elapsed_time") for r in recs], ready
 
 
@@ -131,8 +129,6 @@ _SEED_CALL = (
 def _start_seed_hung_exit() -> tuple:
     """The seed's call path in a plain process against a hung sheet: does the process end after its
     3 s timeout? (The timeout stops the waiting, not gspread's thread, which has timeout=None.)"""
-    import subprocess
-
     hung = Sheets(rows=10)
     hung.set_condition("hung")
     env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIP_PREFIXES)}
@@ -147,10 +143,7 @@ def _finish_seed_hung_exit(hung, p, t0) -> dict:
     code = p.poll()
     res = {"alive": code is None, "checked_after": alive_after, "exit_code": code}
     p.kill()
-    try:
-        res["printed"] = (p.communicate(timeout=5)[0] or "").strip()
-    except Exception:
-        pass
+    res["printed"] = (p.communicate(timeout=5)[0] or "").strip()
     hung.stop()
     return res
 
@@ -173,6 +166,9 @@ def _run(sheets, budget, per_condition, hung_jobs, out, n_idle) -> dict:
         try:
             out["start_to_registered"] = t_reg
             inits, ready = _wait_idle_ready(proc, n_idle)
+            if ready is None:
+                out["errors"].append(f"worker 1: only {len(inits)} of {n_idle} idle processes initialized "
+                                     f"within 30 s (log: {proc.log_path})")
             out["idle_prewarm_elapsed"] = inits
             out["start_to_idle_ready"] = ready
             time.sleep(1.0)
@@ -228,7 +224,7 @@ def _run(sheets, budget, per_condition, hung_jobs, out, n_idle) -> dict:
                     time.sleep(0.02)
                 out["sigterm_idle_group_gone"] = time.monotonic() - ts
                 out["sigterm_idle_exit_code"] = proc.poll()
-            except Exception:
+            except subprocess.TimeoutExpired:
                 out["sigterm_idle"] = None
                 out["errors"].append("idle worker did not exit within 60 s of SIGTERM")
             out["worker1_log"] = str(proc.log_path)
@@ -240,7 +236,10 @@ def _run(sheets, budget, per_condition, hung_jobs, out, n_idle) -> dict:
         if budget.left() > 40:
             proc, _, _ = _start_worker(srv, sheets, "w2")
             try:
-                _wait_idle_ready(proc, n_idle)
+                inits, ready = _wait_idle_ready(proc, n_idle)
+                if ready is None:
+                    out["errors"].append(f"worker 2: only {len(inits)} of {n_idle} idle processes initialized "
+                                         f"within 30 s (log: {proc.log_path})")
                 jid = srv.dispatch("bench-drain", url=hang.url)
                 time.sleep(0.3)
                 ts = time.monotonic()
@@ -249,7 +248,7 @@ def _run(sheets, budget, per_condition, hung_jobs, out, n_idle) -> dict:
                     proc.wait(60)
                     out["sigterm_drain"] = time.monotonic() - ts
                     out["sigterm_drain_exit_code"] = proc.poll()
-                except Exception:
+                except subprocess.TimeoutExpired:
                     out["sigterm_drain"] = None
                     out["errors"].append("worker with a job did not exit within 60 s of SIGTERM")
                 rec = srv.jobs.get(jid)
@@ -265,22 +264,21 @@ def _run(sheets, budget, per_condition, hung_jobs, out, n_idle) -> dict:
 
 
 def import_and_prewarm(n: int = 3) -> dict:
-    """Cold process start outside the forkserver: a fresh interpreter importing agent.py and
-    running prewarm(), n times (the worst case for the 10 s initialize_process_timeout; under the
-    forkserver the imports are shared and only prewarm runs in the new process)."""
+    """Cold process start outside the forkserver: a fresh interpreter importing agent.py (and
+    through it voice.py and the plugins) and running voice.prewarm(), n times (the worst case for
+    the 10 s initialize_process_timeout; under the forkserver the imports are shared and only
+    prewarm runs in the new process)."""
     code = (
         "import time,sys; t0=time.perf_counter(); sys.path.insert(0,%r)\n"
-        "import agent; t1=time.perf_counter()\n"
+        "import agent, voice; t1=time.perf_counter()\n"
         "class P: userdata={}\n"
-        "agent.prewarm(P()); t2=time.perf_counter()\n"
+        "voice.prewarm(P()); t2=time.perf_counter()\n"
         "print(t1-t0, t2-t1)" % str(ROOT)
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIP_PREFIXES)}
     env.update(OPENAI_API_KEY="x", DEEPGRAM_API_KEY="x", LIVEKIT_URL="ws://127.0.0.1:9",
                LIVEKIT_API_KEY="k", LIVEKIT_API_SECRET="s")
     imp, pre, tot = [], [], []
-    import subprocess
-
     for _ in range(n):
         t0 = time.perf_counter()
         r = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=env, cwd=str(ROOT),

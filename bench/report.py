@@ -4,6 +4,7 @@ issue's goals and with the seed's design, plainly, including where ours loses.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from bench.common import fmt_mb, fmt_ms, fmt_ratio, fmt_s, ratio
@@ -17,6 +18,56 @@ COND_LABEL = {"healthy": "healthy", "slow": "slow (5 s per request)", "429": "42
               "hung": "hung (never answers)"}
 STATE_LABEL = {"ours:warm-stale": "ours, cache stale (refresh due)", "ours:warm-fresh": "ours, cache fresh",
                "ours:cold": "ours, cold machine (no snapshot yet)", "baseline": "baseline (seed)"}
+
+
+# Section 7 is bench/state.py's (`make bench-state`) and section 8 the end-to-end tier's
+# (`make test-e2e`, e2e/report.py), each written between its markers; a rewrite of this file by
+# bench/run.py keeps those blocks as they were (`write`).
+STATE_TITLE = "## 7. Shared state: SQLite and PostgreSQL"
+STATE_START = "<!-- state-bench:start -->"
+STATE_END = "<!-- state-bench:end -->"
+E2E_TITLE = "## 8. End to end: a real LiveKit server and real SIP calls"
+E2E_START = "<!-- e2e:start -->"
+E2E_END = "<!-- e2e:end -->"
+KEPT = ((STATE_TITLE, STATE_START, STATE_END), (E2E_TITLE, E2E_START, E2E_END))
+RERUN_TITLE = "## How to rerun"
+
+
+def state_block(text: str, start: str = STATE_START, end: str = STATE_END) -> str | None:
+    """The marked block (markers included) as it stands in `text`; None if it has none."""
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i >= 0 else -1
+    return text[i:j + len(end)] if i >= 0 and j >= 0 else None
+
+
+def with_state_block(text: str, block: str, start: str = STATE_START, end: str = STATE_END,
+                     title: str = STATE_TITLE) -> str:
+    """`text` with `block` (markers included) in place of its marked block; without one, the block
+    goes in as a section of its own (`title`), before "## How to rerun" (or at the end)."""
+    if state_block(text, start, end) is not None:
+        i = text.find(start)
+        j = text.find(end, i + len(start)) + len(end)
+        return text[:i] + block + text[j:]
+    section = f"{title}\n\n{block}\n\n"
+    k = text.find("\n" + RERUN_TITLE + "\n")
+    if k >= 0:
+        return text[:k + 1] + section + text[k + 1:]
+    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + section.rstrip("\n") + "\n"
+
+
+def write(path: str | Path, text: str) -> None:
+    """Writes the report to `path`, keeping the marked blocks of sections 7 and 8 verbatim from
+    the file as it was (their numbers are not this run's to drop)."""
+    path = Path(path)
+    try:
+        old = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old = ""
+    for title, start, end in KEPT:
+        block = state_block(old, start, end)
+        if block is not None:
+            text = with_state_block(text, block, start, end, title)
+    path.write_text(text, encoding="utf-8")
 
 
 def _g(d: Any, *keys: str) -> Any:
@@ -49,17 +100,30 @@ def render(r: dict, raw_path: str = "") -> str:
       f"at end {', '.join(f'{x:.2f}' for x in (m.get('loadavg_at_end') or []))} |")
     a(f"| software | Python {m['python']}, livekit-agents {m['livekit_agents']}, gspread {m['gspread']} |")
     a(f"| code | commit {m['commit']} |")
-    a(f"| command | `make bench` → `{r['command']}` |")
+    default = r["command"].endswith("bench/run.py")  # what `make bench` runs, with no options
+    a(f"| command | {'`make bench` → ' if default else ''}`{r['command']}` |")
     a(f"| run time | {r.get('total_seconds', 0):.0f} s for the whole run"
       + (" (**--quick: smoke run, too few samples to quote**)" if r.get("quick") else "") + " |")
     a(f"| raw data | `{raw_path}` (git-ignored) |")
     a("")
+    loads = [x[0] for x in (m.get("loadavg_at_start"), m.get("loadavg_at_end")) if x]
+    try:
+        cores = int(m.get("nproc") or 0)
+    except ValueError:
+        cores = 0
+    if cores and loads and max(loads) > cores:
+        a(f"**The machine was overloaded during this run** (1-minute load average up to {max(loads):.1f} on "
+          f"{cores} cores, from other work on it): every time below is inflated by waiting for a CPU. The "
+          "ratios between designs measured in the same run, the request counts and the memory figures hold; "
+          "absolute times do not.")
+        a("")
     a("The seed's design (the BASELINE, rebuilt in `bench/baseline_seed.py`): the entrypoint awaits "
       "`asyncio.wait_for(asyncio.to_thread(load), 3.0)` before it connects and starts the session; `load` "
       "is gspread's `open_by_key(id).worksheet(\"Equipment\").get_all_records()` with new credentials "
       "behind a module-level 30 s cache, which lives in the job process, i.e. one call. Both designs run "
       "against the same local Sheets stand-in (`tests/fakes/sheets_server.py`) through real gspread and "
-      "google-auth, and the same session pipeline (`agent.build_session`).")
+      "google-auth, and the same session pipeline (`voice.build_pipeline`, with the fake TTS: "
+      "`bench/fake_providers.py`).")
     a("")
     _headline(r, a)
     _pickup(r, a)
@@ -189,11 +253,16 @@ def _pickup(r: dict, a) -> None:
         a("")
         return
     a(f"One call per process, forked from a forkserver preloaded like the worker's and prewarmed with "
-      f"`agent.prewarm`. Ours runs agent.py's real `entrypoint(ctx)` (bench/ours_call.py); the baseline runs "
-      f"the seed's order (bench/baseline_seed.py). The room is out of reach (no media server here), so "
-      f"`ctx.connect()` returns at once and audio goes to a fake output; the session, the plugins' "
-      f"construction, equipment.py and gspread are real. Clock: from the call to the entrypoint until "
-      f"`session.say(greeting)` returns (queued), and until the first greeting frame reaches the output. "
+      f"`voice.prewarm`. Ours runs `agent.run_call(ctx, Settings.lenient(), make_inventory=..., "
+      f"make_pipeline=...)`, which is what `agent.entrypoint` runs, through its two seams and with nothing "
+      f"patched (bench/ours_call.py); the baseline runs the seed's order (bench/baseline_seed.py). The "
+      f"pipeline factory (bench/fake_providers.py) calls the production `voice.build_pipeline`, so the "
+      f"plugins' construction is measured, then builds a session with the same STT, LLM, VAD and options "
+      f"but the tests' fake TTS (a bench-only step, its own row below). The room is out of "
+      f"reach (no media server here), so `ctx.connect()` returns at once, the session starts without the "
+      f"room and audio goes to a fake output; the session, the inventory and gspread are real. Clock: from "
+      f"before the settings are parsed until `session.say(greeting)` returns (queued), and until the first "
+      f"greeting frame reaches the output. "
       f"Up to {pk.get('n')} calls per cell, one at a time, rotating through every condition and design "
       f"(one Sheets stand-in per condition), so load bursts from other work on the machine hit all cells alike; "
       f"the baseline's calls under slow and hung Sheets (each waits its 3 s timeout) were started 0.3 s apart, "
@@ -259,15 +328,15 @@ def _pickup_prose(pk: dict) -> str:
             "cold), while the baseline pays up to its 3 s timeout. The rest is the session itself; the largest "
             f"steps in the table above (medians) are {biggest}. Already taken off the critical path: one OpenAI "
             "client per call on a TLS context loaded in prewarm (each plugin used to load the CA bundle again, "
-            "~20 ms x 3), which took `build_session` from about 72 ms to a few ms. The step before "
-            "`session.start` also holds this harness's own swap to a fake TTS and audio output; `session.start` "
-            "is the framework starting the pipeline's tasks. Both are CPU time on a shared 2-core machine, "
-            "where the p95 follows the load of the moment.")
+            "~20 ms x 3), which took building the pipeline from about 72 ms to a few ms. The step before "
+            "`session.start` is mostly `RentalAgent` (the framework turning its tools into schemas); "
+            "`session.start` is the framework starting the pipeline's tasks. Both are CPU time on a shared "
+            "2-core machine, where the p95 follows the load of the moment.")
         lines.append(
-            "This harness's forkserver preloads the provider plugins, as the real worker does since agent.py "
+            "This harness's forkserver preloads the provider plugins, as the real worker does since voice.py "
             "imports them at module level (tests/test_worker.py checks the worker's `preloading plugins` line). "
-            "Before that, the worker preloaded none of them and each call imported the openai plugin inside "
-            "`build_session`, about 1 s in front of the greeting, which this harness could not see.")
+            "Before that, the worker preloaded none of them and each call imported the openai plugin while "
+            "building the pipeline, about 1 s in front of the greeting, which this harness could not see.")
     elif hi is not None:
         lines.append(f"Ours meets the 50 ms goal in every condition (worst p95 {fmt_ms(hi)}).")
     bl_slow = _g(conds, "slow", "baseline", "greeting_queued", "median")
@@ -409,8 +478,9 @@ def _memory(r: dict, a) -> None:
         a("")
     mem = r.get("memory") or {}
     if mem.get("n"):
-        a(f"A process in a call (bench forkserver child, prewarmed, agent.py's entrypoint with fake TTS/audio, greeting "
-          f"spoken, one scripted turn with a real `look_up_equipment` tool call; {mem['n']} run(s), medians):")
+        a(f"A process in a call (bench forkserver child, prewarmed, `agent.run_call` with the production pipeline "
+          f"but the fake TTS/audio and a scripted LLM, greeting spoken, one scripted turn with a real "
+          f"`look_up_equipment` tool call; {mem['n']} run(s), medians):")
         a("")
         a("| phase | RSS | USS | PSS |")
         a("|---|---|---|---|")
@@ -447,7 +517,7 @@ def _memory(r: dict, a) -> None:
         if inits:
             a(f"| idle process initialize (prewarm in a forkserver child, worker log `elapsed_time`) | {fmt_s(sorted(inits)[len(inits) // 2])} | {fmt_s(max(inits))} |")
         a(f"| cold interpreter: `import agent` | {fmt_s(_g(ip, 'import', 'median'))} | {fmt_s(_g(ip, 'import', 'max'))} |")
-        a(f"| cold interpreter: `agent.prewarm()` | {fmt_s(_g(ip, 'prewarm', 'median'))} | {fmt_s(_g(ip, 'prewarm', 'max'))} |")
+        a(f"| cold interpreter: `voice.prewarm()` | {fmt_s(_g(ip, 'prewarm', 'median'))} | {fmt_s(_g(ip, 'prewarm', 'max'))} |")
         a("")
         a("Under the forkserver (Linux, `start`) a new job process inherits the imports and the local models, so only "
           "`prewarm` counts against the 10 s; the cold-interpreter rows are the worst case (`spawn`, macOS).")
@@ -500,7 +570,7 @@ def _inventory(r: dict, a) -> None:
         a("")
         return
     a(f"`{inv['command']}` (exit {inv['exit_code']}, {inv['seconds']:.0f} s), output verbatim. These are "
-      "equipment.py's own numbers: the time `snapshot()` waits, not the pickup; and a burst of 20 calls in "
+      "the inventory's own numbers: the time `snapshot()` waits, not the pickup; and a burst of 20 calls in "
       "20 processes against one STATE_DIR.")
     a("")
     a("```")
@@ -520,10 +590,19 @@ def _errors(r: dict, a) -> None:
     errs = []
     for part, tb in (r.get("errors") or {}).items():
         errs.append(f"- part `{part}` failed: `{tb.strip().splitlines()[-1][:300]}`")
-    for part in ("pickup", "worker", "memory"):
+    for part in ("pickup", "worker", "memory", "load"):
         for e in (r.get(part) or {}).get("errors") or []:
             if e:
                 errs.append(f"- {part}: {str(e)[:400]}")
+    ip = (r.get("worker") or {}).get("import_prewarm") or {}
+    if ip.get("error"):
+        errs.append(f"- process start (import + prewarm): {ip['error'][-400:]}")
+    for turn in (r.get("memory") or {}).get("turn") or []:
+        if turn != "ok":
+            errs.append(f"- memory: the scripted turn did not complete: {str(turn)[:300]}")
+    for rows, cell in (r.get("growth") or {}).items():
+        for e in cell.get("errors") or []:
+            errs.append(f"- growth {rows} rows: a load did not come back known: {str(e)[:300]}")
     if errs:
         a("## Not measured, skipped, or failed in this run")
         a("")
@@ -540,11 +619,14 @@ def _method(r: dict, a) -> None:
     a("make bench                                  # = .venv/bin/python bench/run.py, writes this file")
     a(".venv/bin/python bench/run.py --quick --no-write   # smoke run, ~2 min")
     a(".venv/bin/python bench/run.py --only load,growth   # some parts only")
+    a("make bench-state                            # = .venv/bin/python bench/state.py, section 7 only")
+    a("E2E_CALLS=10 make test-e2e && .venv/bin/python e2e/report.py   # section 8's table (pasted by hand)")
     a("```")
     a("")
     a("Scripts: `bench/run.py` (orchestration, time budget), `bench/part_pickup.py`, `bench/part_worker.py`, "
       "`bench/part_load.py`, `bench/part_memory.py`, `bench/callproc.py` (one call per forked process), "
-      "`bench/ours_call.py` (agent.py's entrypoint in-process), `bench/baseline_seed.py` (the seed's design), "
-      "`bench/fake_providers.py` (fake TTS and audio output), `bench/report.py` (this file). Stand-ins: "
+      "`bench/ours_call.py` (`agent.run_call` in-process), `bench/baseline_seed.py` (the seed's design), "
+      "`bench/fake_providers.py` (the production pipeline with the fake TTS and audio output), "
+      "`bench/report.py` (this file). Stand-ins: "
       "`tests/fakes/sheets_server.py`, `tests/fakes/dispatch_server.py`, `tests/fakes/llm.py`. Percentiles are "
       "linear-interpolated; p95 of 20 samples is close to the maximum, so treat it as 'worst typical'.")

@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
         from bench import report
 
         raw = json.loads(Path(args.render).read_text())
-        Path(args.out).write_text(report.render(raw, raw_path=os.path.relpath(args.render, ROOT)))
+        report.write(args.out, report.render(raw, raw_path=os.path.relpath(args.render, ROOT)))
         log(f"wrote {os.path.relpath(args.out, ROOT)} from {args.render}")
         return 0
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -124,11 +124,9 @@ def main(argv: list[str]) -> int:
             log(f"{name} FAILED:\n{results['errors'][name]}")
         results["timings"][name] = time.monotonic() - t0
         log(f"== {name} done in {results['timings'][name]:.0f} s")
-        try:
-            sheets.set_condition("healthy")
-            sheets.s.release()
-        except Exception:
-            pass
+        # the next part starts from a healthy sheet, whatever this one left behind
+        sheets.set_condition("healthy")
+        sheets.s.release()
 
     try:
         step("worker", lambda: {
@@ -166,7 +164,7 @@ def main(argv: list[str]) -> int:
     if not args.no_write:
         from bench import report
 
-        Path(args.out).write_text(report.render(results, raw_path=os.path.relpath(raw, ROOT)))
+        report.write(args.out, report.render(results, raw_path=os.path.relpath(raw, ROOT)))
         log(f"wrote {os.path.relpath(args.out, ROOT)}")
     log(f"total {results['total_seconds']:.0f} s")
     return 0
