@@ -60,6 +60,20 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
+    """WAL mode, a property of the file. Processes opening a new file at once race to set it,
+    and SQLite answers the losers "database is locked" at once, without its busy wait: wait here."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteState:
     engine = "sqlite"
 
@@ -78,7 +92,7 @@ class SqliteState:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
+                _wal(conn)
                 conn.execute("PRAGMA synchronous=FULL")  # the outbox must survive a power cut
                 if not self._ready:
                     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:

@@ -745,6 +745,28 @@ async def test_a_waiting_process_parses_a_refresh_before_its_call_not_at_pickup(
     assert snap.known and snap.find("EX-102").status == "MAINTENANCE"
 
 
+def test_processes_opening_a_new_sqlite_state_at_once_all_get_it(tmp_path: Path) -> None:
+    """The first calls on a new machine open a STATE_DIR nobody has made yet, together: SQLite
+    answers all but one "database is locked" while the file is switched to WAL, without waiting."""
+    import threading
+
+    failures: list[Exception] = []
+
+    def open_it(state_dir: Path) -> None:
+        try:
+            SqliteState(state_dir).holds()
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            failures.append(e)
+
+    for trial in range(30):
+        threads = [threading.Thread(target=open_it, args=(tmp_path / f"s{trial}",)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []
+
+
 def test_a_sqlite_state_from_before_the_read_at_index_gets_it(tmp_path: Path) -> None:
     """The pickup asks SQLite for read_at alone through an index (the row holds megabytes): a
     STATE_DIR written before the index gets it when it is opened."""
