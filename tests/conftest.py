@@ -461,6 +461,28 @@ async def loaded(inv: Any) -> Any:
     return snap
 
 
+def pending_refs(env: dict[str, str]) -> list[str]:
+    """Refs of the outbox entries not settled yet, oldest first (as a new process sees them)."""
+    import equipment
+
+    inv = equipment.inventory_from_env(env)
+    try:
+        return [p.entry.ref for p in inv.outbox.pending()]
+    finally:
+        inv.state.close()
+
+
+def booked(sheets: Any, ref: str) -> dict[str, str] | None:
+    """The one Reservations row carrying `ref` (None: none; two rows for one ref fail here)."""
+    rows = [r for r in sheets.records("Reservations") if r.get("Ref") == ref]
+    assert len(rows) <= 1, rows
+    return rows[0] if rows else None
+
+
+def refs_of(sheets: Any, equipment_id: str) -> list[str]:
+    return [r["Ref"] for r in sheets.records("Reservations") if r.get("Equipment ID") == equipment_id]
+
+
 async def wait_until(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
     import asyncio
 

@@ -41,10 +41,14 @@ from inventory.model import REF_ALPHABET, fold
 from inventory.outbox import KEEP_SETTLED_DAYS, MAX_ATTEMPTS, BookEntry, RowEntry, Settle
 from inventory.reservations import RESERVATION_HEADER
 from inventory.table import LOG_HEADER, LogRow
+from tests import both_engines
 from tests.conftest import (
     RESERVATIONS_CSV, SMALL_TIMEOUTS, Source, StateDb, child_result, csv_rows, equipment_rows, loaded, old_sheet_rows,
-    release_together, wait_until,
+    pending_refs, release_together, wait_until,
 )
+
+# every state test on both engines (conftest's fixtures of the same names, overridden)
+sheet_env, csv_env, source = both_engines.sheet_env, both_engines.csv_env, both_engines.source
 
 TODAY = date(2030, 1, 10)
 START, END = "2030-01-12", "2030-01-15"
@@ -62,23 +66,6 @@ def d(text: str) -> date:
 
 
 # -- both engines for every state test; pure tests once ------------------------------------------
-
-
-@pytest.fixture
-def sheet_env(sheet_env: dict[str, str], engine_env: dict[str, str]) -> dict[str, str]:
-    """The sheet on SQLite (STATE_DIR) and on PostgreSQL (DATABASE_URL): the test runs on both."""
-    return {**sheet_env, **engine_env}
-
-
-@pytest.fixture
-def csv_env(csv_env: dict[str, str], engine_env: dict[str, str]) -> dict[str, str]:
-    return {**csv_env, **engine_env}
-
-
-@pytest.fixture
-def source(source: Source, engine_env: dict[str, str]) -> Source:
-    """The sheet and the CSV, each on both engines."""
-    return source
 
 
 @pytest.fixture
@@ -144,15 +131,6 @@ def age_snapshot(env: dict[str, str], seconds: float) -> None:
         assert stored is not None, "no snapshot to age"
         older = stored.read_at - seconds
         inv.state.save_snapshot(inv.store.origin, stored.data, older, older)
-    finally:
-        inv.state.close()
-
-
-def pending_refs(env: dict[str, str]) -> list[str]:
-    """Refs of the outbox entries not settled yet, oldest first (as a new process sees them)."""
-    inv = equipment.inventory_from_env(env)
-    try:
-        return [p.entry.ref for p in inv.outbox.pending()]
     finally:
         inv.state.close()
 

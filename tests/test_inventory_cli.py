@@ -20,7 +20,11 @@ from typing import Any
 import pytest
 
 import inventory_cli
-from tests.conftest import ROOT, SMALL_TIMEOUTS, Source, StateDb, child_env
+from tests import both_engines
+from tests.conftest import ROOT, SMALL_TIMEOUTS, StateDb, booked, child_env, refs_of
+
+# every state test on both engines (conftest's fixtures of the same names, overridden)
+sheet_env, csv_env, source = both_engines.sheet_env, both_engines.csv_env, both_engines.source
 
 FROM = (date.today() + timedelta(days=30)).isoformat()
 TO = (date.today() + timedelta(days=33)).isoformat()  # four days, both ends inclusive
@@ -29,33 +33,6 @@ PHONE = "+1 555 123 4567"
 UNIT_KEYS = {"id", "name", "category", "daily_rate", "weekly_rate", "four_week_rate", "available", "status",
              "next_free"}
 LONG_TERM_END = "2030-12-31"  # data/reservations.csv: EX-102, SS-102, LF-201, CO-201 are out until then
-
-
-@pytest.fixture
-def sheet_env(sheet_env: dict[str, str], engine_env: dict[str, str]) -> dict[str, str]:
-    """The sheet on SQLite (STATE_DIR) and on PostgreSQL (DATABASE_URL): the test runs on both."""
-    return {**sheet_env, **engine_env}
-
-
-@pytest.fixture
-def csv_env(csv_env: dict[str, str], engine_env: dict[str, str]) -> dict[str, str]:
-    return {**csv_env, **engine_env}
-
-
-@pytest.fixture
-def source(source: Source, engine_env: dict[str, str]) -> Source:
-    """The sheet and the CSV, each on both engines."""
-    return source
-
-
-def booked(sheets: Any, ref: str) -> dict[str, str] | None:
-    rows = [r for r in sheets.records("Reservations") if r.get("Ref") == ref]
-    assert len(rows) <= 1, rows
-    return rows[0] if rows else None
-
-
-def refs_of(sheets: Any, equipment_id: str) -> list[str]:
-    return [r["Ref"] for r in sheets.records("Reservations") if r.get("Equipment ID") == equipment_id]
 
 
 def cli(env: dict[str, str], *argv: str) -> tuple[int, Any]:

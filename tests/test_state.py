@@ -38,31 +38,19 @@ from inventory.sqlite_state import SqliteState
 from inventory.state import LockTimeout
 from inventory.table import LOG_HEADER
 from inventory.reservations import RESERVATION_HEADER
+from tests import both_engines
 from tests.conftest import (
-    ROOT, SMALL_TIMEOUTS, Source, StateDb, child_env, child_result, equipment_rows, loaded, old_sheet_rows, wait_until,
+    ROOT, SMALL_TIMEOUTS, Source, StateDb, booked, child_env, child_result, equipment_rows, loaded, old_sheet_rows,
+    pending_refs, refs_of, wait_until,
 )
 from tests.pg_server import PgServer
+
+# every state test on both engines (conftest's fixtures of the same names, overridden)
+sheet_env, csv_env, source = both_engines.sheet_env, both_engines.csv_env, both_engines.source
 
 TODAY = date(2030, 1, 10)
 START, END = "2030-01-12", "2030-01-15"
 PHONE = "+1 555 123 4567"
-
-
-@pytest.fixture
-def sheet_env(sheet_env: dict[str, str], engine_env: dict[str, str]) -> dict[str, str]:
-    """The sheet on SQLite (STATE_DIR) and on PostgreSQL (DATABASE_URL): the test runs on both."""
-    return {**sheet_env, **engine_env}
-
-
-@pytest.fixture
-def csv_env(csv_env: dict[str, str], engine_env: dict[str, str]) -> dict[str, str]:
-    return {**csv_env, **engine_env}
-
-
-@pytest.fixture
-def source(source: Source, engine_env: dict[str, str]) -> Source:
-    """The sheet and the CSV, each on both engines."""
-    return source
 
 
 @pytest.fixture
@@ -80,27 +68,8 @@ def request(equipment_id: str, name: str = "Ann") -> equipment.BookingRequest:
     return equipment.parse_booking(equipment_id, name, PHONE, START, END, "c1", today=TODAY)
 
 
-def pending_refs(env: dict[str, str]) -> list[str]:
-    inv = equipment.inventory_from_env(env)
-    try:
-        return [p.entry.ref for p in inv.outbox.pending()]
-    finally:
-        inv.state.close()
-
-
 def log_refs(sheets: Any) -> list[str]:
     return [r["Booking Ref"] for r in sheets.records("Bookings")]
-
-
-def booked(sheets: Any, ref: str) -> dict[str, str] | None:
-    """The one Reservations row carrying `ref` (None: none; two rows for one ref fail here)."""
-    rows = [r for r in sheets.records("Reservations") if r.get("Ref") == ref]
-    assert len(rows) <= 1, rows
-    return rows[0] if rows else None
-
-
-def refs_of(sheets: Any, equipment_id: str) -> list[str]:
-    return [r["Ref"] for r in sheets.records("Reservations") if r.get("Equipment ID") == equipment_id]
 
 
 def free(snap: Any, equipment_id: str, start: str = START, end: str = END) -> bool:
@@ -183,6 +152,7 @@ import os, sys, time
 import settings
 from inventory.engines import open_state
 from inventory.files import Locks
+
 cfg = settings.inventory_settings(os.environ)
 st = open_state(cfg, Locks(cfg.state_dir))
 with st.unit_lock("ex-101", 5), st.refresh_turn("origin") as refresh, st.replay_turn() as replay:
